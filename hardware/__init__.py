@@ -1,0 +1,14 @@
+"""labctl.hardware: device interfaces, drivers, simulators and instrument emulators. No actor code."""
+
+from .errors import (ChecksumError, GarbledReply, HardwareError, LinkError, NoReply, NotPresent,
+                     OutOfRange, ProtocolError, Rejected, UnknownName, ValveLocked, ValveNotConfirmed)
+from .interfaces import (Camera, Device, FilterWheel, FloatingDevice, LightSource, Stage,
+                         TemperatureController, ValveController, declared_time_limits, probe,
+                         remote_methods, time_limit)
+
+__all__ = [
+    "Camera", "Device", "FilterWheel", "FloatingDevice", "LightSource", "Stage", "TemperatureController",
+    "ValveController", "declared_time_limits", "probe", "remote_methods", "time_limit",
+    "ChecksumError", "GarbledReply", "HardwareError", "LinkError", "NoReply", "NotPresent", "OutOfRange",
+    "ProtocolError", "Rejected", "UnknownName", "ValveLocked", "ValveNotConfirmed",
+]
