@@ -1,3 +1,425 @@
-"""Placeholder replaced below."""
-def main():
-    pass
+"""The `labctl` command: bring a lab up and down, look at it, and send its devices messages."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import attrs
+import click
+
+from labctl.actors.client import LabClient, connect, default_port
+from labctl.actors.errors import DeviceError, LabError, LabNotRunning, UnknownDevice
+from labctl.actors.messages import DEVICE_MESSAGES, Call
+from labctl.config import ConfigError, load
+
+from . import formatting
+
+SETTLED = ("running", "failed", "stopped")
+
+
+# -- shared options ---------------------------------------------------------------------------
+
+def lab_options(command):
+    """--port / --config: which lab to talk to."""
+    command = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                           help="Lab file whose [lab].port to use.")(command)
+    command = click.option("--port", type=click.IntRange(1, 65535),
+                           help="Admin port of the lab [default: --config's port, else $LABCTL_PORT, else 1900].")(command)
+    return command
+
+
+def resolve_port(port: int | None, config_file: str | None) -> int:
+    """--port, else --config's [lab].port, else $LABCTL_PORT, else 1900."""
+    if port is not None:
+        return port
+    if config_file:
+        return load_lab(config_file).port
+    try:
+        return default_port()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def load_lab(path: str):
+    try:
+        return load(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+def open_client(port: int, timeout: float = 10.0) -> LabClient:
+    try:
+        return connect(port, timeout=timeout)
+    except LabNotRunning:
+        raise click.ClickException(f"no lab is running on port {port}") from None
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="labctl")
+def cli() -> None:
+    """Supervise laboratory hardware as actors: one TOML file, one process per device.
+
+    Start with `labctl up config/demo.toml`, then in another terminal `labctl status` and
+    `labctl send valves OpenValve A`.
+    """
+
+
+# -- check ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
+def check(config_file: str) -> None:
+    """Validate a lab file: prints `ok: N devices`, or every problem (exit 1)."""
+    lab = load_lab(config_file)
+    click.echo(f"ok: {len(lab.devices)} devices")
+
+
+# -- up / down --------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--detach", is_flag=True, help="Return once every device runs or failed; the lab keeps running "
+                                             "(exit 0 if all run, 1 otherwise). Stop it with `labctl down`.")
+@click.option("--no-recover", is_flag=True, help="If the lab's admin dies, stop and exit non-zero instead of "
+                                                 "starting the lab again.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Override [lab].port.")
+def up(config_file: str, detach: bool, no_recover: bool, port: int | None) -> None:
+    """Start the lab described by CONFIG: one supervised process per device.
+
+    In the foreground it runs until Ctrl-C or SIGTERM, then stops every device (each driver's
+    shutdown), every process of the lab, and frees the port.
+    """
+    from labctl.actors.keeper import AdminLost, Keeper, install_stop_signals
+
+    lab = load_lab(config_file)
+    if port is not None:
+        lab = attrs.evolve(lab, port=port)
+    if detach:
+        _up_detached(lab, not no_recover)
+        return
+    keeper = Keeper(lab, recover=not no_recover)
+    install_stop_signals(keeper)
+    code = 0
+    try:
+        keeper.start()
+        status = wait_for_devices(lab.port, keeper)
+        if status is not None:
+            click.echo(formatting.status_table(status))
+            click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}. Ctrl-C stops it.")
+        keeper.watch()
+    except AdminLost as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    except LabError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    finally:
+        elapsed = keeper.stop()
+    click.echo(f"lab {lab.name} stopped in {elapsed:.2f} s", err=True)
+    sys.exit(code)
+
+
+def _up_detached(lab, recover: bool) -> None:
+    from labctl.actors.keeper import AdminLost, Keeper, install_stop_signals
+
+    from labctl.actors.actorsystem import keep_out_of_children
+
+    read_end, write_end = os.pipe()
+    keep_out_of_children(read_end, write_end)
+    pid = os.fork()
+    if pid == 0:  # the keeper: a daemon in its own session, with no terminal
+        os.close(read_end)
+        os.setsid()
+        _detach_stdio(lab.log_dir)
+        keeper = Keeper(lab, recover=recover, detached=True)
+        install_stop_signals(keeper)
+        code = 0
+        try:
+            keeper.start()
+            os.write(write_end, b"ok\n")
+            os.close(write_end)
+            keeper.watch()
+        except AdminLost as exc:
+            keeper.log.error("%s", exc)
+            code = 3
+        except BaseException as exc:  # the daemon must report, clean up and exit, whatever happened
+            try:
+                os.write(write_end, f"error: {exc}\n".encode())
+            except OSError:
+                pass
+            keeper.log.exception("keeper failed")
+            code = 1
+        finally:
+            keeper.stop()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.read()
+    if not answer.startswith("ok"):
+        fail(answer.strip().removeprefix("error: ") or "the lab's keeper died while starting the lab; see "
+             f"{lab.log_dir}/lab.log")
+    status = wait_for_devices(lab.port, None)
+    click.echo(formatting.status_table(status))
+    click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port} (keeper pid {pid}); stop it with: "
+               f"labctl down --port {lab.port}")
+    sys.exit(0 if all(d.state == "running" for d in status.devices) else 1)
+
+
+def _detach_stdio(log_dir: str) -> None:
+    os.makedirs(log_dir, exist_ok=True)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(os.path.join(log_dir, "keeper.out"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(devnull)
+    os.close(out)
+
+
+def wait_for_devices(port: int, keeper, timeout: float = 120.0):
+    """Show a progress bar until every device runs or failed; returns the final status."""
+    client = open_client(port)
+    try:
+        status = client.status()
+        total = len(status.devices)
+        with click.progressbar(length=total, label="starting devices", file=sys.stderr) as bar:
+            done, since, deadline = 0, 0, time.monotonic() + timeout
+            while time.monotonic() < deadline and not (keeper is not None and keeper.stop_requested):
+                settled = sum(d.state in SETTLED for d in status.devices)
+                bar.update(settled - done)
+                done = settled
+                if settled >= len(status.devices):
+                    break
+                since = client.events(since, wait_s=0.5).last_seq
+                status = client.status()
+        return status
+    finally:
+        client.close()
+
+
+@cli.command()
+@lab_options
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the lab to stop.")
+def down(port: int | None, config_file: str | None, timeout: float) -> None:
+    """Stop a running lab in order: every device's shutdown, every process gone, the port free."""
+    from labctl.actors.keeper import shutdown_lab
+
+    port = resolve_port(port, config_file)
+    began = time.monotonic()
+    try:
+        name = shutdown_lab(port, timeout=timeout)
+    except LabError as exc:
+        fail(str(exc))
+    if name is None:
+        click.echo(f"no lab is running on port {port}")
+    else:
+        click.echo(f"lab {name} on port {port} stopped in {time.monotonic() - began:.2f} s")
+
+
+# -- looking at the lab -----------------------------------------------------------------------
+
+@cli.command()
+@lab_options
+@click.option("--json", "as_json", is_flag=True, help='Print {"lab", "port", "devices": [...]} as JSON.')
+def status(port: int | None, config_file: str | None, as_json: bool) -> None:
+    """Show every device: driver, host, pid, state, restarts, uptime, last error."""
+    port = resolve_port(port, config_file)
+    with open_client(port) as client:
+        try:
+            lab_status = client.status()
+        except LabError as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(lab_status.as_json()))
+    else:
+        click.echo(formatting.status_table(lab_status))
+
+
+@cli.command()
+@lab_options
+@click.option("--follow", "-f", is_flag=True, help="Keep printing events as they happen (Ctrl-C to stop).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: seq, time, device, kind, detail.")
+def events(port: int | None, config_file: str | None, follow: bool, as_json: bool) -> None:
+    """Show the lab's lifecycle events: starting, running, crashed, restarting, failed, stopped."""
+    port = resolve_port(port, config_file)
+
+    def show(event) -> None:
+        if as_json:
+            click.echo(json.dumps(event.as_json()))
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+            click.echo(f"{stamp} {event.text()}")
+
+    with open_client(port) as client:
+        try:
+            batch = client.events()
+            for event in batch.events:
+                show(event)
+            if follow:
+                for event in client.follow(since=batch.last_seq):
+                    show(event)
+        except KeyboardInterrupt:
+            pass
+        except LabError as exc:
+            fail(str(exc))
+
+
+# -- acting on devices ------------------------------------------------------------------------
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("device")
+@click.argument("message")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@lab_options
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the reply.")
+def send(device: str, message: str, args: tuple[str, ...], port: int | None, config_file: str | None,
+         as_json: bool, timeout: float) -> None:
+    """Send MESSAGE to DEVICE and print the reply, e.g.
+
+    \b
+      labctl send valves OpenValve A
+      labctl send furnace SetSetpoint 500
+      labctl send stage MoveTo x 1200
+      labctl send furnace Call get_output
+      labctl send valves Call describe_valves
+
+    ARGS are converted to the message's field types. For Call, the first argument is the method
+    and the others are Python literals or plain strings; name=value passes a keyword argument.
+    """
+    port = resolve_port(port, config_file)
+    with open_client(port, timeout=timeout) as client:
+        cls = DEVICE_MESSAGES.get(message)
+        if cls is None:
+            fail(unknown_message_text(client, device, message))
+        try:
+            request = build_message(cls, args)
+        except ValueError as exc:
+            fail(str(exc))
+        began = time.monotonic()
+        try:
+            value = client.send(device, request, timeout=timeout)
+        except DeviceError as exc:
+            if as_json:
+                click.echo(json.dumps({"ok": False, "device": device, "message": message,
+                                       "error": {"type": exc.error_type, "message": exc.text}}))
+            fail(f"{device}: {exc.error_type}: {exc.text}" if exc.error_type else str(exc))
+        except LabError as exc:
+            if as_json:
+                click.echo(json.dumps({"ok": False, "device": device, "message": message,
+                                       "error": {"type": type(exc).__name__, "message": str(exc)}}))
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"ok": True, "device": device, "message": message,
+                               "value": formatting.jsonable(value),
+                               "elapsed_ms": round((time.monotonic() - began) * 1000, 3)}))
+    else:
+        click.echo(formatting.human(value))
+
+
+def unknown_message_text(client: LabClient, device: str, message: str) -> str:
+    try:
+        accepted = client.describe(device).accepts()
+    except UnknownDevice as exc:
+        return exc.text
+    except LabError:
+        accepted = sorted(DEVICE_MESSAGES)
+    close = difflib.get_close_matches(message, accepted, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown message {message!r}{hint}; {device} accepts: {', '.join(accepted)}"
+
+
+def build_message(cls, args: tuple[str, ...]):
+    """The message `cls` built from command-line strings, each converted to its field's type."""
+    if cls is Call:
+        if not args:
+            raise ValueError("Call needs a method name: labctl send DEVICE Call METHOD [ARGS...] [NAME=VALUE...]")
+        positional, keywords = [], {}
+        for arg in args[1:]:
+            key, sep, value = arg.partition("=")
+            if sep and key.isidentifier():
+                keywords[key] = literal(value)
+            else:
+                positional.append(literal(arg))
+        return Call(args[0], tuple(positional), keywords)
+    fields = [f for f in attrs.fields(cls) if f.name not in ("device", "request_id")]
+    usage = f"usage: labctl send DEVICE {cls.__name__}" + "".join(f" {f.name.upper()}" for f in fields)
+    if len(args) != len(fields):
+        kinds = ", ".join(f"{f.name}: {f.type}" for f in fields) or "no arguments"
+        raise ValueError(f"{cls.__name__} takes {len(fields)} argument{'s' if len(fields) != 1 else ''} "
+                         f"({kinds}), got {len(args)}; {usage}")
+    values = [convert(arg, f.type, f"{cls.__name__}: {f.name}") for arg, f in zip(args, fields)]
+    return cls(*values)
+
+
+def convert(text: str, kind: Any, what: str) -> Any:
+    """A command-line string as `kind` (float, int, bool or str)."""
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind == "float":
+            return float(text)
+        if kind == "int":
+            return int(text)
+    except ValueError:
+        raise ValueError(f"{what} must be {'a number' if kind == 'float' else 'an integer'}, got {text!r}") from None
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{what} must be true or false, got {text!r}")
+    return text
+
+
+def literal(text: str) -> Any:
+    """A Python literal if `text` is one (500, 1.5, [1, 2], True), else the text itself."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+@cli.command()
+@click.argument("device")
+@lab_options
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to run again.")
+def restart(device: str, port: int | None, config_file: str | None, timeout: float) -> None:
+    """Restart DEVICE's process by hand; clears a failed state (a shared group restarts as one)."""
+    port = resolve_port(port, config_file)
+    with open_client(port) as client:
+        try:
+            client.restart(device)
+            deadline, since = time.monotonic() + timeout, client.events().last_seq
+            while True:
+                entry = next(d for d in client.status().devices if d.name == device)
+                if entry.state in SETTLED or time.monotonic() > deadline:
+                    break
+                since = client.events(since, wait_s=0.5).last_seq
+        except LabError as exc:
+            fail(str(exc))
+    if entry.state != "running":
+        fail(f"{device} is {entry.state} after restarting: {entry.last_error or 'no error recorded'}")
+    click.echo(f"{device} running (pid {entry.pid})")
+
+
+def main() -> None:
+    """Entry point of the `labctl` console script."""
+    cli(prog_name="labctl")
+
+
+if __name__ == "__main__":
+    main()

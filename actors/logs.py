@@ -1,0 +1,88 @@
+"""The lab's logs: one file per device plus the lab's own, every line naming its device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+LAB = "lab"
+FORMAT = "%(asctime)s %(levelname)-7s [%(device)s] %(name)s: %(message)s"
+
+_current_device = [LAB]
+
+
+class DeviceFilter(logging.Filter):
+    """Gives every record a `device` (default 'lab'); with `device` set, passes only that device's."""
+
+    def __init__(self, device: str | None = None) -> None:
+        super().__init__()
+        self.device = device
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "device"):
+            record.device = LAB
+        if self.device is None:
+            return True
+        return record.device == self.device or record.device.startswith(self.device + ".")
+
+
+def log_config(log_dir: str, devices: list[str], level: str = "INFO") -> dict:
+    """A logging.config dict for the lab's logger process: lab.log plus <device>.log per device."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    filters = {"any": {"()": "labctl.actors.logs.DeviceFilter"}}
+    handlers = {"lab": {"class": "logging.FileHandler", "filename": str(Path(log_dir) / "lab.log"),
+                        "formatter": "plain", "filters": ["any"]}}
+    for name in devices:
+        filters[f"only_{name}"] = {"()": "labctl.actors.logs.DeviceFilter", "device": name}
+        handlers[f"device_{name}"] = {"class": "logging.FileHandler", "filename": str(Path(log_dir) / f"{name}.log"),
+                                      "formatter": "plain", "filters": [f"only_{name}"]}
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": FORMAT}},
+            "filters": filters, "handlers": handlers,
+            "root": {"level": level, "handlers": list(handlers)}}
+
+
+def tag_records_with_device(default: str) -> None:
+    """In a device host's process: stamp each log record with the device being driven."""
+    _current_device[0] = default
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "_labctl", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        if not hasattr(record, "device"):
+            record.device = _current_device[0]
+        return record
+
+    factory._labctl = True
+    logging.setLogRecordFactory(factory)
+
+
+class driving:
+    """Context manager: log records made inside it name `device`."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def __enter__(self) -> None:
+        self.previous = _current_device[0]
+        _current_device[0] = self.device
+
+    def __exit__(self, *exc: object) -> None:
+        _current_device[0] = self.previous
+
+
+def file_logger(log_dir: str, name: str = "labctl.keeper") -> logging.Logger:
+    """A logger writing to the lab's lab.log from a process outside the actor system (the keeper)."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(name)
+    path = str(Path(log_dir) / "lab.log")
+    if not any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(DeviceFilter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger

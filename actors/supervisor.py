@@ -1,0 +1,602 @@
+"""Supervisor: the one actor that owns a lab's registry and supervises its device hosts.
+
+It creates one DeviceHost per unit (a device, or a shared group) on the unit's host, routes every
+client request to it and remembers what is in flight, restarts units under OTP's rules (restart
+type, strategy within a supervision group, intensity, back-off), kills hosts that stop answering
+heartbeats, resolves floating devices with Probers, and keeps the lifecycle events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+import attrs
+from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
+
+from labctl.config.schema import Lab, Unit
+
+from . import policy
+from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
+from .devicehost import DeviceHost
+from .messages import (Deliver, DescribeDevice, DeviceInfo, DeviceNotice, DeviceRequest, Done, Event, Events,
+                       Failure, GetEvents, GetLabStatus, InitLab, LabStatus, Ping, Pong, ProbeRequest, ProbeResult,
+                       Reply, Request, RestartDevice, StartUnit, StopLab, UnitFailed, UnitReady)
+from .processes import exit_cause
+from .prober import Prober
+
+log = logging.getLogger("labctl.supervisor")
+
+EVENTS_KEPT = 2000
+PROBE_FIRST_S = 0.5
+
+
+@attrs.define
+class UnitState:
+    """What the supervisor knows of one unit (one DeviceHost process)."""
+
+    spec: Unit
+    intensity: policy.Intensity
+    state: str = "starting"
+    address: Any = None
+    pid: int | None = None
+    incarnation: int = 0
+    restarts: int = 0
+    consecutive: int = 0          # quick restarts in a row, for back-off
+    running_since: float | None = None
+    last_error: str | None = None
+    descriptions: dict = attrs.Factory(dict)
+    ping_seq: int = 0
+    pong_seq: int = 0
+    misses: int = 0
+    exit_plan: str | None = None  # why we asked it to end: "restart", "stop" or "fail"
+    kill_reason: str | None = None
+    failure: str | None = None    # its drivers could not be constructed: why
+    start_token: int = 0          # a launch wakeup is valid only with the current token
+    candidates: dict | None = None
+    pending_probes: dict = attrs.Factory(dict)
+    probe_attempts: int = 0
+    degraded: set = attrs.Factory(set)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@attrs.define
+class InFlight:
+    """A request delivered to a device host and not yet answered."""
+
+    unit: str
+    reply_to: Any
+    device: str
+    message: str
+    started: float
+    limit: float | None
+
+
+class Supervisor(Actor):
+    """Supervises every device host of one lab and answers the lab's clients."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lab: Lab | None = None
+        self.keeper_pid = 0
+        self.run_dir = ""
+        self.units: dict[str, UnitState] = {}
+        self.unit_of: dict[str, str] = {}         # device name (sub-devices too) -> unit name
+        self.group_of: dict[str, list[str]] = {}  # unit name -> units of its supervision group
+        self.inflight: dict[str, InFlight] = {}
+        self.probers: list[tuple[Any, str]] = []   # (address, probe key); addresses are unhashable
+        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self.seq = 0
+        self.waiters: dict[int, tuple[Any, str, int]] = {}
+        self.waiter_token = 0
+        self.stopping = False
+        self.stop_waiters: list[tuple[Any, str]] = []
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def receiveMessage(self, message, sender):
+        try:
+            self.dispatch(message, sender)
+        except Exception as exc:  # never escape: Thespian would hand us the same message again
+            log.exception("supervisor: error handling %s", type(message).__name__)
+            if isinstance(message, Request):
+                self.send(sender, Failure(message.request_id, "lab_error", type(exc).__name__,
+                                          f"the supervisor could not handle {type(message).__name__}: {exc}",
+                                          message.device))
+
+    def dispatch(self, message, sender) -> None:
+        if isinstance(message, DeviceRequest):
+            self.route(message, sender) if self.ready_for(message, sender) else None
+        elif isinstance(message, Done):
+            self.inflight.pop(message.request_id, None)
+        elif isinstance(message, Pong):
+            unit = self.units.get(message.unit)
+            if unit is not None and unit.incarnation == message.incarnation:
+                unit.pong_seq = max(unit.pong_seq, message.seq)
+        elif isinstance(message, WakeupMessage):
+            self.wakeup(message.payload)
+        elif isinstance(message, ChildActorExited):
+            self.child_exited(message.childAddress)
+        elif isinstance(message, UnitReady):
+            self.unit_ready(message)
+        elif isinstance(message, UnitFailed):
+            self.unit_failed(message)
+        elif isinstance(message, DeviceNotice):
+            self.device_notice(message)
+        elif isinstance(message, ProbeResult):
+            self.probe_result(message)
+        elif isinstance(message, InitLab):
+            self.init_lab(message, sender)
+        elif isinstance(message, Request):
+            if self.ready_for(message, sender):
+                self.admin_request(message, sender)
+        elif isinstance(message, ActorExitRequest):
+            log.info("supervisor exiting; Thespian stops every device host")
+        elif isinstance(message, PoisonMessage):
+            log.warning("a message could not be handled by its receiver: %r", message.poisonMessage)
+
+    def ready_for(self, request: Request, sender) -> bool:
+        if self.lab is None:
+            self.send(sender, Failure(request.request_id, "not_ready", "LabNotReady",
+                                      "the lab on this port is still starting; try again in a moment",
+                                      request.device))
+            return False
+        return True
+
+    def admin_request(self, request: Request, sender) -> None:
+        if isinstance(request, GetLabStatus):
+            self.send(sender, self.status(request.request_id))
+        elif isinstance(request, GetEvents):
+            self.get_events(request, sender)
+        elif isinstance(request, DescribeDevice):
+            self.describe(request, sender)
+        elif isinstance(request, RestartDevice):
+            self.restart_by_hand(request, sender)
+        elif isinstance(request, StopLab):
+            self.stop_lab(request, sender)
+        else:
+            self.send(sender, Failure(request.request_id, "unknown_message", "UnknownMessage",
+                                      f"the supervisor does not handle {type(request).__name__}", request.device))
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def init_lab(self, message: InitLab, sender) -> None:
+        if self.lab is None:
+            self.lab, self.keeper_pid, self.run_dir = message.lab, message.keeper_pid, message.lab.log_dir
+            for unit in self.lab.units():
+                sup = unit.supervision
+                self.units[unit.name] = UnitState(unit, policy.Intensity(sup.max_restarts, sup.within_s))
+                for device in unit.devices:
+                    self.unit_of[device.name] = unit.name
+            for _, members, _ in self.lab.supervision_groups():
+                for member in members:
+                    self.group_of[member] = members
+            log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),
+                     len(self.units))
+            for unit in self.units.values():
+                self.emit(unit, "starting")
+                self.launch(unit)
+        else:
+            self.keeper_pid = message.keeper_pid
+        self.send(sender, Reply(message.request_id, {"pid": os.getpid(), "admin_pid": os.getppid()}))
+
+    def launch(self, unit: UnitState) -> None:
+        """Create the unit's host process (probing its floating devices first)."""
+        if self.stopping:
+            return
+        floating = [d for d in unit.spec.devices if d.uid is not None]
+        if floating and unit.candidates is None:
+            self.probe(unit, floating)
+            return
+        candidates, unit.candidates = unit.candidates or {}, None  # each (re)start probes afresh
+        try:
+            address = self.createActor(DeviceHost, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
+        except Exception as exc:
+            self.start_impossible(unit, f"cannot create a process on host {unit.spec.host!r}: {exc}")
+            return
+        unit.incarnation += 1
+        unit.address, unit.pid = address, local_child_pid(self, address)
+        unit.ping_seq = unit.pong_seq = unit.misses = 0
+        unit.exit_plan = unit.kill_reason = unit.failure = None
+        sup = unit.spec.supervision
+        self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates,
+                                     sup.heartbeat_s, sup.heartbeat_misses, self.run_dir))
+        self.after(sup.init_timeout_s, ("init_timeout", unit.name, unit.incarnation))
+
+    def probe(self, unit: UnitState, floating: list) -> None:
+        unit.pending_probes = {}
+        for device in floating:
+            prober = self.createActor(Prober, targetActorRequirements={HOST_CAPABILITY: device.host})
+            key = f"{unit.name}/{device.name}/{unit.start_token}"
+            unit.pending_probes[key] = None
+            self.probers.append((prober, key))
+            self.send(prober, ProbeRequest(key, device.driver, device.fresh_conf()))
+
+    def probe_result(self, result: ProbeResult) -> None:
+        unit_name, device_name, token = result.key.split("/")
+        unit = self.units.get(unit_name)
+        if unit is None or result.key not in unit.pending_probes or int(token) != unit.start_token:
+            return
+        unit.pending_probes[result.key] = result
+        if any(r is None for r in unit.pending_probes.values()):
+            return
+        candidates, missing = {}, []
+        for key, res in unit.pending_probes.items():
+            device = self.lab.device(key.split("/")[1])
+            if device.uid in res.found:
+                candidates[device.name] = res.found[device.uid]
+            else:
+                found = ", ".join(sorted(res.found)) or "none"
+                why = f" ({res.error.splitlines()[0]})" if res.error else ""
+                missing.append(f"{device.name}: unit {device.uid} is not present; units found: {found}{why}")
+        unit.pending_probes = {}
+        if missing:
+            self.start_impossible(unit, "; ".join(missing))
+            return
+        unit.candidates, unit.probe_attempts = candidates, 0
+        self.launch(unit)
+
+    def start_impossible(self, unit: UnitState, reason: str) -> None:
+        """A unit that cannot start yet (unit not plugged in, host absent): failed, retried with back-off."""
+        delay = policy.backoff_delay(unit.probe_attempts, PROBE_FIRST_S, unit.spec.supervision.probe_backoff_max_s)
+        unit.probe_attempts += 1
+        unit.state, unit.last_error = "failed", reason
+        self.emit(unit, "failed", reason=reason, retry_in_s=round(delay, 3))
+        unit.start_token += 1
+        self.after(delay, ("launch", unit.name, unit.start_token))
+
+    def unit_ready(self, message: UnitReady) -> None:
+        unit = self.units.get(message.unit)
+        if unit is None or unit.incarnation != message.incarnation or unit.address is None:
+            return
+        unit.state, unit.pid, unit.running_since = "running", message.pid, time.monotonic()
+        unit.descriptions = {d.name: d for d in message.devices}
+        unit.degraded.clear()
+        for description in message.devices:
+            self.unit_of[description.name] = unit.name
+            for sub in description.sub_devices:
+                self.unit_of[sub] = unit.name
+        self.emit(unit, "running", pid=message.pid)
+        if self.stopping:
+            self.end(unit, "stop")
+            return
+        self.after(unit.spec.supervision.heartbeat_s, ("beat", unit.name, unit.incarnation))
+
+    def unit_failed(self, message: UnitFailed) -> None:
+        unit = self.units.get(message.unit)
+        if unit is None or unit.incarnation != message.incarnation:
+            return
+        unit.failure = f"{message.error_type}: {message.message}"
+        log.error("%s could not be constructed: %s\n%s", unit.name, unit.failure, message.traceback,
+                  extra={"device": unit.name})
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def route(self, request: DeviceRequest, sender) -> None:
+        name = request.device
+        unit = self.units.get(self.unit_of.get(name, ""))
+        if unit is None:
+            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
+                                      f"no device {name!r}; devices: {', '.join(self.device_names())}", name))
+            return
+        if unit.state != "running" or unit.address is None:
+            self.send(sender, self.unavailable(request.request_id, unit, name, type(request).__name__))
+            return
+        method = request.call()[0]
+        description = unit.descriptions.get(name)
+        limit = description.time_limits.get(method) if description else None
+        self.inflight[request.request_id] = InFlight(unit.name, sender, name, type(request).__name__,
+                                                     time.monotonic(), limit)
+        if limit:
+            self.after(limit, ("limit", request.request_id))
+        self.send(unit.address, Deliver(request, sender))
+
+    def unavailable(self, request_id: str, unit: UnitState, device: str, what: str) -> Failure:
+        if unit.state == "failed":
+            text = f"{device} has failed: {unit.last_error}; {what} was not sent"
+        elif unit.state == "stopped":
+            text = f"{device} is stopped; {what} was not sent"
+        else:
+            text = f"{device} is {unit.state}; {what} was not sent, try again when it is running"
+        return Failure(request_id, unit.state, "DeviceUnavailable", text, device)
+
+    def device_names(self) -> list[str]:
+        return list(self.unit_of)
+
+    def status(self, request_id: str) -> LabStatus:
+        now = time.monotonic()
+        infos = []
+        for unit in self.units.values():
+            uptime = now - unit.running_since if unit.running_since is not None and unit.state == "running" else None
+            for device in unit.spec.devices:
+                names = [device.name] + sorted(n for n, u in self.unit_of.items()
+                                               if u == unit.name and n.startswith(device.name + "."))
+                for name in names:
+                    description = unit.descriptions.get(name)
+                    driver = (device.driver or device.factory) if name == device.name else \
+                        (description.driver if description else "")
+                    infos.append(DeviceInfo(name, driver, unit.spec.host, unit.pid, unit.state, unit.restarts,
+                                            uptime, unit.last_error, name.split(".")[0] in unit.degraded
+                                            or name in unit.degraded, unit.name))
+        return LabStatus(request_id, self.lab.name, self.lab.port, tuple(infos), os.getpid(), os.getppid(),
+                         self.keeper_pid)
+
+    def describe(self, request: DescribeDevice, sender) -> None:
+        name = request.device
+        unit = self.units.get(self.unit_of.get(name, ""))
+        if unit is None:
+            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
+                                      f"no device {name!r}; devices: {', '.join(self.device_names())}", name))
+        elif name in unit.descriptions and unit.state == "running":
+            self.send(sender, Reply(request.request_id, unit.descriptions[name]))
+        elif unit.state == "running":
+            parts = ", ".join(unit.descriptions) or "none"
+            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
+                                      f"{name} is a composite device; address its parts: {parts}", name))
+        else:
+            self.send(sender, self.unavailable(request.request_id, unit, name, "DescribeDevice"))
+
+    def get_events(self, request: GetEvents, sender) -> None:
+        newer = tuple(e for e in self.events if e.seq > request.since)
+        if newer or request.wait_s <= 0:
+            self.send(sender, Events(request.request_id, newer, self.seq))
+            return
+        self.waiter_token += 1
+        self.waiters[self.waiter_token] = (sender, request.request_id, request.since)
+        self.after(request.wait_s, ("events", self.waiter_token))
+
+    def restart_by_hand(self, request: RestartDevice, sender) -> None:
+        unit = self.units.get(self.unit_of.get(request.device, ""))
+        if unit is None:
+            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
+                                      f"no device {request.device!r}; devices: {', '.join(self.device_names())}",
+                                      request.device))
+            return
+        unit.intensity.reset()
+        unit.consecutive = unit.probe_attempts = 0
+        self.emit(unit, "restarting", by="hand", attempt=0, delay_s=0)
+        if unit.address is not None:
+            unit.state = "restarting"
+            self.end(unit, "restart")
+        else:
+            unit.state = "restarting"
+            unit.start_token += 1
+            unit.candidates = None
+            self.launch(unit)
+        self.send(sender, Reply(request.request_id, f"{unit.name} restarting"))
+
+    def stop_lab(self, request: StopLab, sender) -> None:
+        self.stopping = True
+        self.stop_waiters.append((sender, request.request_id))
+        for prober, _ in self.probers:
+            self.send(prober, ActorExitRequest())
+        for unit in self.units.values():
+            unit.start_token += 1  # cancels pending launches
+            if unit.address is not None:
+                self.end(unit, "stop")
+            else:
+                self.settle(unit, "stopped")
+        self.check_stopped()
+
+    def check_stopped(self) -> None:
+        if self.stopping and all(u.address is None for u in self.units.values()):
+            for sender, request_id in self.stop_waiters:
+                self.send(sender, Reply(request_id, "stopped"))
+            self.stop_waiters.clear()
+
+    # -- supervision ------------------------------------------------------------------------
+
+    def end(self, unit: UnitState, plan: str) -> None:
+        """Ask a unit's process to exit (for a restart, a stop, or because its group failed)."""
+        unit.exit_plan = plan
+        self.send(unit.address, ActorExitRequest())
+        self.after(unit.spec.supervision.stop_timeout_s, ("kill", unit.name, unit.incarnation))
+
+    def kill(self, unit: UnitState, reason: str) -> None:
+        """End a unit's process that does not answer: SIGKILL by pid."""
+        unit.kill_reason = unit.kill_reason or reason
+        log.error("%s: %s; killing pid %s", unit.name, reason, unit.pid, extra={"device": unit.name})
+        if unit.pid and unit.spec.host == self.lab.host and _is_child(unit.pid):
+            try:
+                os.kill(unit.pid, signal.SIGKILL)
+                return  # ChildActorExited follows in a few milliseconds
+            except ProcessLookupError:
+                pass
+        # Remote, or already gone: nothing will report its end, so handle it now.
+        self.child_exited(unit.address)
+
+    def child_exited(self, address) -> None:
+        probe = next(((a, k) for a, k in self.probers if a == address), None)
+        if probe is not None:
+            self.probers.remove(probe)
+            key = probe[1]
+            unit = self.units.get(key.split("/")[0])
+            if unit is not None and unit.pending_probes.get(key, False) is None:
+                self.probe_result(ProbeResult(key, {}, {}, "the prober process ended before it answered"))
+            return
+        unit = next((u for u in self.units.values() if u.address is not None and u.address == address), None)
+        if unit is None:
+            return  # already handled: Thespian may report one exit twice
+        exitcode = EXIT_CODES.pop(unit.pid, None) if unit.pid else None
+        ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
+        plan, cause = unit.exit_plan, unit.failure or unit.kill_reason or exit_cause(exitcode)
+        unit.address, unit.running_since = None, None
+        if plan == "stop" or self.stopping:
+            unit.pid = None
+            self.settle(unit, "stopped")
+            self.fail_inflight(unit, cause)
+            self.check_stopped()
+            return
+        if plan == "fail":
+            unit.state = "failed"
+            self.fail_inflight(unit, cause)
+            return
+        if plan == "restart":
+            unit.pid = None
+            self.fail_inflight(unit, cause)
+            self.schedule_launch(unit, 0.0)
+            return
+        normal = exitcode == 0 and not unit.failure and not unit.kill_reason
+        unit.last_error = None if normal else cause
+        self.emit(unit, "exited" if normal else "crashed", cause=cause, pid=unit.pid)
+        unit.pid = None
+        if ran >= unit.spec.supervision.stable_s:
+            unit.consecutive = 0
+        self.after_exit(unit, normal)
+        self.fail_inflight(unit, cause)
+
+    def after_exit(self, unit: UnitState, normal: bool) -> None:
+        sup = unit.spec.supervision
+        if not policy.should_restart(sup.restart, normal):
+            self.settle(unit, "stopped" if normal else "failed",
+                        reason=f"{sup.restart} device: not restarted after it {unit.last_error or 'exited'}")
+            return
+        targets = policy.restart_set(unit.name, sup.strategy, self.group_of.get(unit.name, [unit.name]))
+        if not unit.intensity.allow(time.monotonic()):
+            reason = (f"{unit.last_error} (gave up: more than {sup.max_restarts} restart"
+                      f"{'s' if sup.max_restarts != 1 else ''} within {sup.within_s:g} s)")
+            for name in targets:
+                other = self.units[name]
+                other.last_error = reason if other is unit else f"its group failed: {unit.name}: {reason}"
+                if other.address is not None:
+                    self.end(other, "fail")
+                other.start_token += 1
+                self.settle(other, "failed", reason=other.last_error)
+            return
+        delay = policy.backoff_delay(unit.consecutive, sup.backoff_s, sup.backoff_max_s)
+        for name in targets:
+            other = self.units[name]
+            if other is not unit and other.state in ("failed", "stopped"):
+                continue  # a device given up on, or stopped, stays so until restarted by hand
+            other.restarts += 1
+            other.consecutive += 1
+            other.state = "restarting"
+            self.emit(other, "restarting", attempt=other.consecutive, delay_s=round(delay, 3),
+                      because=unit.name if other is not unit else "crashed")
+            if other.address is not None:
+                self.end(other, "restart")
+            elif other is unit:
+                self.schedule_launch(unit, delay)
+
+    def schedule_launch(self, unit: UnitState, delay: float) -> None:
+        unit.start_token += 1
+        unit.state = "restarting"
+        if delay <= 0:
+            self.launch(unit)
+        else:
+            self.after(delay, ("launch", unit.name, unit.start_token))
+
+    def settle(self, unit: UnitState, state: str, reason: str | None = None) -> None:
+        """Put a unit in a resting state (failed or stopped) and say so."""
+        if unit.state == state:
+            return
+        unit.state = state
+        self.emit(unit, state, **({"reason": reason} if reason else {}))
+
+    def fail_inflight(self, unit: UnitState, cause: str) -> None:
+        """Answer requests that were in the ended process: they are never re-sent to the next one."""
+        for request_id, flight in list(self.inflight.items()):
+            if flight.unit != unit.name:
+                continue
+            del self.inflight[request_id]
+            kind = unit.state if unit.state in ("restarting", "failed", "stopped") else "restarting"
+            self.send(flight.reply_to, Failure(
+                request_id, kind, "DeviceUnavailable",
+                f"{flight.device} ended ({cause}) while handling {flight.message}; the request was not re-sent "
+                "and may or may not have taken effect", flight.device))
+
+    def beat(self, unit: UnitState) -> None:
+        sup = unit.spec.supervision
+        if unit.pong_seq >= unit.ping_seq:
+            unit.misses = 0
+        elif not self.busy_within_limit(unit):
+            unit.misses += 1
+        if unit.misses >= sup.heartbeat_misses:
+            self.kill(unit, f"hung: missed {unit.misses} heartbeats {sup.heartbeat_s:g} s apart")
+            return
+        unit.ping_seq += 1
+        self.send(unit.address, Ping(unit.ping_seq))
+        self.after(sup.heartbeat_s, ("beat", unit.name, unit.incarnation))
+
+    def busy_within_limit(self, unit: UnitState) -> bool:
+        """True while the unit runs a request whose method declared a time limit not yet reached."""
+        now = time.monotonic()
+        return any(f.unit == unit.name and f.limit and now - f.started < f.limit for f in self.inflight.values())
+
+    def device_notice(self, notice: DeviceNotice) -> None:
+        unit = self.units.get(notice.unit)
+        if unit is None:
+            return
+        if notice.kind == "degraded":
+            unit.degraded.add(notice.device)
+            unit.last_error = f"link lost: {notice.detail.get('error', '')}"
+        elif notice.kind == "recovered":
+            unit.degraded.discard(notice.device)
+        self.event(notice.device, notice.kind, **notice.detail)
+
+    # -- time -------------------------------------------------------------------------------
+
+    def after(self, seconds: float, payload) -> None:
+        self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=payload)
+
+    def wakeup(self, payload) -> None:
+        kind = payload[0]
+        if kind == "events":
+            waiter = self.waiters.pop(payload[1], None)
+            if waiter is not None:
+                self.send(waiter[0], Events(waiter[1], (), self.seq))
+            return
+        if kind == "limit":
+            flight = self.inflight.get(payload[1])
+            unit = self.units.get(flight.unit) if flight else None
+            if unit is not None and unit.address is not None:
+                self.kill(unit, f"{flight.message} exceeded its time limit of {flight.limit:g} s")
+            return
+        unit = self.units.get(payload[1])
+        if unit is None:
+            return
+        if kind == "launch" and payload[2] == unit.start_token and unit.address is None and not self.stopping:
+            self.launch(unit)
+        elif kind == "beat" and payload[2] == unit.incarnation and unit.address is not None \
+                and unit.state == "running":
+            self.beat(unit)
+        elif kind == "init_timeout" and payload[2] == unit.incarnation and unit.address is not None \
+                and unit.state != "running":
+            self.kill(unit, f"construction took longer than {unit.spec.supervision.init_timeout_s:g} s")
+        elif kind == "kill" and payload[2] == unit.incarnation and unit.address is not None:
+            self.kill(unit, f"did not stop within {unit.spec.supervision.stop_timeout_s:g} s")
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, unit: UnitState, kind: str, **detail) -> None:
+        """A lifecycle event for each configured device of a unit."""
+        for device in unit.spec.devices:
+            self.event(device.name, kind, **detail)
+
+    def event(self, device: str, kind: str, **detail) -> None:
+        self.seq += 1
+        event = Event(self.seq, time.time(), device, kind, detail)
+        self.events.append(event)
+        level = logging.WARNING if kind in ("crashed", "failed", "degraded") else logging.INFO
+        log.log(level, "%s", event.text(), extra={"device": device})
+        for token, (sender, request_id, since) in list(self.waiters.items()):
+            del self.waiters[token]
+            self.send(sender, Events(request_id, tuple(e for e in self.events if e.seq > since), self.seq))
+
+
+def _is_child(pid: int) -> bool:
+    """Whether `pid` is a child of this process (so a kill can never hit a stranger with a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[1]) == os.getpid()
+    except (OSError, IndexError, ValueError):
+        return False

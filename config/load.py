@@ -1,0 +1,334 @@
+"""Loading a lab TOML file into a validated `Lab`, reporting every problem at once."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import keyword
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .drivers import DriverNotFound, check_arguments, is_floating, resolve_driver, resolve_factory
+from .errors import ConfigError, Problem
+from .schema import (DEFAULT_HOST, RESTARTS, STRATEGIES, SUPERVISION_KEYS, Device, Emulator, Group, Host, Lab,
+                     Supervision)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MISSING = object()
+
+
+def load(path: str | os.PathLike) -> Lab:
+    """Read and validate a lab file; raises ConfigError listing all its problems."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [Problem("", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [Problem("", f"cannot read: {exc}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [Problem("", f"not valid TOML: {exc}")]) from None
+    return parse(data, file=str(path))
+
+
+def parse(data: dict[str, Any], file: str = "<lab>") -> Lab:
+    """Validate an already-parsed TOML document; raises ConfigError listing all its problems."""
+    checker = _Checker(file)
+    lab = checker.lab(data)
+    if checker.problems:
+        raise ConfigError(file, checker.problems)
+    return lab
+
+
+class _Checker:
+    """Walks a lab document, collecting problems instead of stopping at the first."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    # -- typed access -------------------------------------------------------------------------
+
+    def table(self, data: dict, path: str, key: str) -> dict:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(_join(path, key), f"expected a table, got {_kind(value)}")
+            return {}
+        return value
+
+    def unknown_keys(self, data: dict, path: str, allowed: set[str] | tuple[str, ...]) -> None:
+        for key in data:
+            if key not in allowed:
+                self.problem(_join(path, key), f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+
+    def value(self, data: dict, path: str, key: str, kind: type | tuple, default: Any = _MISSING) -> Any:
+        """data[key] checked against `kind`; the default (or None) when absent or wrong."""
+        if key not in data:
+            if default is _MISSING:
+                self.problem(_join(path, key), f"missing; expected {_expected(kind)}")
+                return None
+            return default
+        value = data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            self.problem(_join(path, key), f"expected {_expected(kind)}, got {_kind(value)} {value!r}")
+            return None if default is _MISSING else default
+        return value
+
+    # -- sections -----------------------------------------------------------------------------
+
+    def lab(self, data: dict) -> Lab:
+        self.unknown_keys(data, "", ("lab", "hosts", "supervision", "devices", "groups"))
+        section = self.table(data, "", "lab")
+        self.unknown_keys(section, "lab", ("name", "port", "bind", "log_dir", "host"))
+        name = self.value(section, "lab", "name", str, Path(self.file).stem or "lab")
+        if name is not None and not _NAME.match(name):
+            self.problem("lab.name", f"{name!r} is not a usable lab name (letters, digits, '_', '-', '.')")
+        port = self.value(section, "lab", "port", int, 1900)
+        if port is not None and not 1 <= port <= 65535:
+            self.problem("lab.port", f"port {port} is out of range 1..65535")
+        bind = self.value(section, "lab", "bind", str, "127.0.0.1")
+        if bind is not None:
+            try:
+                if ipaddress.ip_address(bind).version != 4:
+                    self.problem("lab.bind", f"expected an IPv4 address such as 127.0.0.1, got {bind!r}")
+            except ValueError:
+                self.problem("lab.bind", f"expected an IPv4 address such as 127.0.0.1, got {bind!r}")
+        log_dir = self.value(section, "lab", "log_dir", str, "") or os.path.join("logs", str(name))
+        host = self.value(section, "lab", "host", str, DEFAULT_HOST)
+        if host is not None and not _NAME.match(host):
+            self.problem("lab.host", f"{host!r} is not a usable host name (letters, digits, '_', '-', '.')")
+
+        hosts = self.hosts(self.table(data, "", "hosts"))
+        defaults = self.supervision(self.table(data, "", "supervision"), "supervision", Supervision())
+        raw_groups = self.table(data, "", "groups")
+        groups, group_supervision = self.groups(raw_groups, defaults)
+        group_of = {member: group for group in groups for member in group.devices}
+        devices = self.devices(self.table(data, "", "devices"), defaults, group_supervision, group_of,
+                               host or DEFAULT_HOST, hosts)
+        self.check_groups(groups, {device.name: device for device in devices})
+        return Lab(name=name or "lab", file=str(Path(self.file).resolve()), port=port or 1900,
+                   bind=bind or "127.0.0.1", log_dir=os.path.abspath(log_dir), host=host or DEFAULT_HOST,
+                   hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups))
+
+    def hosts(self, section: dict) -> dict[str, Host]:
+        hosts = {}
+        for name, spec in section.items():
+            path = f"hosts.{name}"
+            if not _NAME.match(name):
+                self.problem(path, f"{name!r} is not a usable host name (letters, digits, '_', '-', '.')")
+            if not isinstance(spec, dict):
+                self.problem(path, f"expected a table, got {_kind(spec)}")
+                continue
+            self.unknown_keys(spec, path, ("address", "port"))
+            port = self.value(spec, path, "port", int, 0)
+            if port and not 1 <= port <= 65535:
+                self.problem(f"{path}.port", f"port {port} is out of range 1..65535")
+            hosts[name] = Host(name, self.value(spec, path, "address", str, ""), port or 0)
+        return hosts
+
+    def supervision(self, section: dict, path: str, base: Supervision, only_known: bool = True) -> Supervision:
+        """`base` overridden by the supervision keys present in `section`."""
+        if only_known:
+            self.unknown_keys(section, path, SUPERVISION_KEYS)
+        changes = {}
+        for key in SUPERVISION_KEYS:
+            if key not in section:
+                continue
+            default = getattr(base, key)
+            kind = str if isinstance(default, str) else int if isinstance(default, int) else float
+            value = self.value(section, path, key, kind, default)
+            problem = _supervision_problem(key, value)
+            if problem:
+                self.problem(_join(path, key), problem)
+            else:
+                changes[key] = value
+        result = attrs.evolve(base, **changes)
+        if result.backoff_max_s < result.backoff_s:
+            self.problem(_join(path, "backoff_max_s"),
+                         f"backoff_max_s {result.backoff_max_s:g} must be at least backoff_s {result.backoff_s:g}")
+        return result
+
+    def groups(self, section: dict, defaults: Supervision) -> tuple[list[Group], dict[str, Supervision]]:
+        """The groups, and each group's supervision settings (the lab's, overridden by the group's)."""
+        groups, owner, supervision = [], {}, {}
+        for name, spec in section.items():
+            path = f"groups.{name}"
+            if not _identifier(name):
+                self.problem(path, f"{name!r} is not a valid group name (a Python identifier)")
+            if not isinstance(spec, dict):
+                self.problem(path, f"expected a table, got {_kind(spec)}")
+                continue
+            self.unknown_keys(spec, path, {"devices", "process"} | set(SUPERVISION_KEYS))
+            members = self.value(spec, path, "devices", list)
+            if members is None:
+                continue
+            if not members or not all(isinstance(m, str) for m in members):
+                self.problem(f"{path}.devices", "expected a non-empty list of device names")
+                continue
+            for member in members:
+                if member in owner:
+                    self.problem(f"{path}.devices", f"device {member!r} is already in group {owner[member]!r}")
+                owner[member] = name
+            process = self.value(spec, path, "process", str, "shared")
+            if process not in ("shared", "separate"):
+                self.problem(f"{path}.process", f"expected 'shared' (one process) or 'separate', got {process!r}")
+            if process == "shared" and "strategy" in spec:
+                self.problem(f"{path}.strategy", "a shared group restarts as one process; a strategy "
+                                                 "applies only with process = 'separate'")
+            supervision[name] = self.supervision(spec, path, defaults, only_known=False)
+            groups.append(Group(name, tuple(members), process or "shared", spec.get("strategy")))
+        return groups, supervision
+
+    def devices(self, section: dict, defaults: Supervision, group_supervision: dict[str, Supervision],
+                group_of: dict[str, Group],
+                lab_host: str, hosts: dict[str, Host]) -> list[Device]:
+        if not section:
+            self.problem("devices", "no devices; a lab needs at least one [devices.NAME] table")
+        devices = []
+        allowed = {"driver", "factory", "host", "conf", "uid", "description", "emulator"} | set(SUPERVISION_KEYS)
+        for name, spec in section.items():
+            path = f"devices.{name}"
+            if not _identifier(name):
+                self.problem(path, f"{name!r} is not a valid device name (a Python identifier such as "
+                                   "'valves' or 'camera_1')")
+            if not isinstance(spec, dict):
+                self.problem(path, f"expected a table, got {_kind(spec)}")
+                continue
+            self.unknown_keys(spec, path, allowed)
+            group = group_of.get(name)
+            base = defaults if group is None else group_supervision[group.name]
+            if group is not None and group.process == "shared":
+                for key in SUPERVISION_KEYS:
+                    if key in spec:
+                        self.problem(_join(path, key), f"devices of shared group {group.name!r} restart as one; "
+                                                       f"set {key} on [groups.{group.name}]")
+                supervision = base
+            else:
+                supervision = self.supervision({k: v for k, v in spec.items() if k in SUPERVISION_KEYS},
+                                               path, base)
+            host = self.value(spec, path, "host", str, lab_host)
+            if host is not None and host != lab_host and host not in hosts:
+                declared = ", ".join([lab_host] + sorted(hosts))
+                self.problem(f"{path}.host", f"host {host!r} is not declared in [hosts]; known hosts: {declared}")
+            conf = self.value(spec, path, "conf", dict, {})
+            emulator = self.emulator(spec, path, conf or {})
+            uid = self.value(spec, path, "uid", str, None)
+            driver, factory = self.constructor(spec, path, conf or {}, uid, emulator)
+            devices.append(Device(
+                name=name, driver=driver or "", factory=factory or "", host=host or lab_host,
+                conf=copy.deepcopy(conf or {}), uid=uid, description=self.value(spec, path, "description", str, ""),
+                emulator=emulator, supervision=supervision))
+        return devices
+
+    def constructor(self, spec: dict, path: str, conf: dict, uid: str | None,
+                    emulator: Emulator | None) -> tuple[str | None, str | None]:
+        driver = self.value(spec, path, "driver", str, None)
+        factory = self.value(spec, path, "factory", str, None)
+        if (driver is None) == (factory is None):
+            if "driver" not in spec or "factory" not in spec:
+                self.problem(f"{path}.driver", "missing; give `driver` (a registered name or "
+                                               "'package.module:Class') or `factory`")
+            else:
+                self.problem(path, "give either `driver` or `factory`, not both")
+            return driver, factory
+        supplied = frozenset({"port"}) if emulator else frozenset()
+        try:
+            target = resolve_driver(driver) if driver is not None else resolve_factory(factory)
+        except DriverNotFound as exc:
+            self.problem(f"{path}.{'driver' if driver is not None else 'factory'}", str(exc))
+            return driver, factory
+        for key, problem in check_arguments(target, conf, supplied):
+            self.problem(f"{path}.conf" + (f".{key}" if key else ""), problem)
+        floating = driver is not None and is_floating(target)
+        if floating and uid is None:
+            self.problem(f"{path}.uid", f"{target.__name__} is a floating driver: give the uid (serial number) "
+                                        "of the unit this device is")
+        if uid is not None and not floating:
+            self.problem(f"{path}.uid", f"{driver or factory} is not a floating driver; uid applies only to "
+                                        "floating drivers")
+        return driver, factory
+
+    def emulator(self, spec: dict, path: str, conf: dict) -> Emulator | None:
+        if "emulator" not in spec:
+            return None
+        table = self.table(spec, path, "emulator")
+        epath = f"{path}.emulator"
+        kind = self.value(table, epath, "kind", str, None)
+        options = {key: value for key, value in table.items() if key != "kind"}
+        if "port" in conf:
+            self.problem(f"{path}.conf.port", "labctl connects the driver to its emulator's port; remove "
+                                              "conf.port or the [emulator] table")
+        from labctl.hardware.emulators import EMULATORS
+
+        if kind is None:
+            self.problem(f"{epath}.kind", f"missing; expected one of: {', '.join(EMULATORS)}")
+            return None
+        if kind not in EMULATORS:
+            self.problem(f"{epath}.kind", f"unknown emulator {kind!r}; expected one of: {', '.join(EMULATORS)}")
+            return None
+        for key, problem in check_arguments(EMULATORS[kind], options):
+            self.problem(epath + (f".{key}" if key else ""), problem)
+        return Emulator(kind, copy.deepcopy(options))
+
+    def check_groups(self, groups: list[Group], devices: dict[str, Device]) -> None:
+        for group in groups:
+            for member in group.devices:
+                if member not in devices:
+                    self.problem(f"groups.{group.name}.devices",
+                                 f"no device {member!r}; devices: {', '.join(devices) or 'none'}")
+            hosts = {devices[m].host for m in group.devices if m in devices}
+            if group.process == "shared" and len(hosts) > 1:
+                self.problem(f"groups.{group.name}.devices",
+                             f"devices of a shared group run in one process, so on one host; got {sorted(hosts)}")
+
+
+def _supervision_problem(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if key == "strategy" and value not in STRATEGIES:
+        return f"expected one of {', '.join(STRATEGIES)}, got {value!r}"
+    if key == "restart" and value not in RESTARTS:
+        return f"expected one of {', '.join(RESTARTS)}, got {value!r}"
+    if key in ("max_restarts",) and value < 0:
+        return f"expected an integer >= 0, got {value}"
+    if key == "heartbeat_misses" and value < 1:
+        return f"expected an integer >= 1, got {value}"
+    if key == "backoff_s" and value < 0:
+        return f"expected a number >= 0, got {value}"
+    if key.endswith("_s") and key != "backoff_s" and not value > 0:
+        return f"expected a number > 0, got {value}"
+    return None
+
+
+def _identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _expected(kind: type | tuple) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(words.get(k, k.__name__) for k in kinds)
+
+
+def _kind(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
