@@ -94,7 +94,8 @@ class _Checker:
         self.unknown_keys(data, "", ("lab", "hosts", "supervision", "devices", "groups"))
         section = self.table(data, "", "lab")
         self.unknown_keys(section, "lab", ("name", "port", "bind", "log_dir", "host"))
-        name = self.value(section, "lab", "name", str, Path(self.file).stem or "lab")
+        stem = Path(self.file).stem
+        name = self.value(section, "lab", "name", str, stem if _NAME.match(stem) else "lab")
         if name is not None and not _NAME.match(name):
             self.problem("lab.name", f"{name!r} is not a usable lab name (letters, digits, '_', '-', '.')")
         port = self.value(section, "lab", "port", int, 1900)

@@ -1,0 +1,80 @@
+"""Drivers for tests: they count calls, fail on purpose, hang, or record their shutdown in files."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from labctl.hardware import Device, HardwareError, time_limit
+from labctl.hardware.simulated import SimValves
+
+
+class Recorder(SimValves):
+    """Valves that append every actuation and their shutdown to a journal file."""
+
+    def __init__(self, journal: str, valves=("A", "B", "C"), **kwargs) -> None:
+        super().__init__(valves, **kwargs)
+        self.journal = Path(journal)
+        self._write(f"open {os.getpid()}")
+
+    def _write(self, line: str) -> None:
+        with self.journal.open("a") as f:
+            f.write(line + "\n")
+
+    def _do_set(self, valve: str, open_: bool) -> None:
+        self._write(f"set {valve} {int(open_)} {os.getpid()}")
+        super()._do_set(valve, open_)
+
+    def _do_shutdown(self) -> None:
+        self._write(f"shutdown {os.getpid()}")
+
+
+class Counter(Device):
+    """`bump` counts its calls in a file and always raises."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def bump(self) -> int:
+        with self.path.open("a") as f:
+            f.write("x")
+        raise HardwareError("bump always fails")
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class Broken(Device):
+    """A driver whose constructor always raises."""
+
+    def __init__(self, why: str = "no hardware here") -> None:
+        with open(os.environ.get("LABCTL_TEST_BROKEN_LOG", os.devnull), "a") as f:
+            f.write(f"{time.monotonic()}\n")
+        raise RuntimeError(why)
+
+
+class Sleeper(Device):
+    """Methods that take their time: one blocks (hangs), one has a declared time limit."""
+
+    def nap(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @time_limit(5.0)
+    def long_exposure(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class Exiter(Device):
+    """Ends its own process with a chosen exit code (0 is a normal end)."""
+
+    def exit(self, code: int) -> None:
+        os._exit(code)
+
+    def ping(self) -> str:
+        return "pong"

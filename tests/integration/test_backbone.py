@@ -1,0 +1,271 @@
+"""labctl up/send/status/down with real Thespian admins, one process per device, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from labctl.actors import processes
+from labctl.actors.errors import BadArgument, DriverError, UnknownDevice, UnknownMessage
+from labctl.actors.messages import CloseValve, GetValveState, OpenValve, SetSetpoint
+
+pytestmark = pytest.mark.integration
+
+SMALL_LAB = """
+[devices.valves]
+driver = "sim-valves"
+conf = { valves = ["A", "B", "C"] }
+
+[devices.furnace]
+driver = "sim-furnace"
+conf = { tau_s = 5.0 }
+
+[devices.camera]
+driver = "sim-camera"
+conf = { shape = [64, 64] }
+"""
+
+
+def test_cli_cycle_up_send_status_down(lab):
+    lab.write(SMALL_LAB)
+    up = lab.up()
+    assert up.returncode == 0, up.stderr
+    assert "running" in up.stdout and "valves" in up.stdout
+
+    sent = lab.labctl("send", "valves", "OpenValve", "A", "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["value"] == "open"
+    states = json.loads(lab.labctl("send", "valves", "GetValveStates", "--json").stdout)["value"]
+    assert states == {"A": "open", "B": "closed", "C": "closed"}
+    assert lab.labctl("send", "furnace", "SetSetpoint", "500").stdout.strip() == "500"
+    image = json.loads(lab.labctl("send", "camera", "Acquire", "--json").stdout)["value"]["image"]
+    assert image["shape"] == [64, 64] and image["dtype"] == "uint16" and image["frame"] == 1
+
+    status = lab.status()
+    assert status["lab"] == "test" and status["port"] == lab.port
+    assert [d["name"] for d in status["devices"]] == ["valves", "furnace", "camera"]
+    for device in status["devices"]:
+        assert set(device) >= {"name", "driver", "host", "pid", "state", "restarts", "uptime_s", "last_error"}
+        assert device["state"] == "running" and device["restarts"] == 0 and device["last_error"] is None
+        assert device["host"] == "local" and device["uptime_s"] >= 0
+    table = lab.labctl("status").stdout
+    assert "sim-furnace" in table and "RESTARTS" in table
+
+    down = lab.labctl("down", "--port", lab.port)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert processes.port_is_free(lab.port)
+    assert processes.wait_gone(lab.leftovers(), 5.0) == set()
+    gone = lab.labctl("status")
+    assert gone.returncode == 1 and f"no lab is running on port {lab.port}" in gone.stderr
+
+
+def test_client_cycle(lab, client_for):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    client = client_for(lab)
+    assert client.send("valves", OpenValve("B")) == "open"
+    assert client.send("valves", GetValveState("B")) == "open"
+    assert client.send("valves", CloseValve("B")) == "closed"
+    assert client.send("furnace", SetSetpoint(300)) == 300
+    assert client.valves.open("C") == "open"  # a handle sends the typed message
+    assert {d.name: d.state for d in client.status().devices} == {n: "running" for n in ("valves", "furnace", "camera")}
+    with pytest.raises(UnknownDevice) as info:
+        client.send("valvez", OpenValve("A"))
+    assert "valves" in str(info.value) and "furnace" in str(info.value)  # the known names are listed
+    with pytest.raises(DriverError) as info:
+        client.send("valves", OpenValve("Z"))
+    assert info.value.error_type == "UnknownName" and "'Z'" in info.value.text
+    with pytest.raises(UnknownMessage):
+        client.send("furnace", OpenValve("A"))
+    with pytest.raises(BadArgument):
+        client.furnace.set_setpoint("hot")  # refused before anything is sent
+    client.close()
+    assert lab.labctl("down").returncode == 0
+    assert processes.port_is_free(lab.port)
+
+
+def test_one_process_per_device(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+    pids = lab.pids()
+    assert len(set(pids.values())) == 3, pids
+    assert record["supervisor_pid"] not in pids.values()
+    assert record["keeper_pid"] not in pids.values() and os.getpid() not in pids.values()
+    for pid in pids.values():
+        assert processes.is_alive(pid)
+        # each device process is a child of the supervisor, in the lab's own session
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[1]) == record["supervisor_pid"]
+        assert processes.session_of(pid) == record["session"]
+
+
+def test_sigkill_of_a_device_restarts_it(lab, client_for):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    before = lab.pids()
+    os.kill(before["valves"], signal.SIGKILL)
+    status = lab.wait_for(lambda s: any(d["name"] == "valves" and d["state"] == "running" and d["restarts"] == 1
+                                        for d in s["devices"]), what="valves restarted")
+    after = {d["name"]: d for d in status["devices"]}
+    assert after["valves"]["pid"] != before["valves"]
+    assert after["valves"]["last_error"] == "killed by SIGKILL"
+    assert after["furnace"]["pid"] == before["furnace"] and after["camera"]["pid"] == before["camera"]
+    assert client_for(lab).send("valves", OpenValve("A")) == "open"
+    assert not processes.is_alive(before["valves"])
+
+
+def test_constructor_error_fails_only_that_device(lab):
+    lab.write(SMALL_LAB + """
+[devices.broken]
+driver = "labtest_drivers:Broken"
+conf = { why = "the box is unplugged" }
+max_restarts = 1
+backoff_s = 0.05
+""")
+    up = lab.up()
+    assert up.returncode == 1  # not every device runs
+    devices = {d["name"]: d for d in lab.status()["devices"]}
+    assert devices["broken"]["state"] == "failed"
+    assert "RuntimeError: the box is unplugged" in devices["broken"]["last_error"]
+    assert all(devices[n]["state"] == "running" for n in ("valves", "furnace", "camera"))
+    assert lab.labctl("send", "valves", "OpenValve", "A").returncode == 0
+    refused = lab.labctl("send", "broken", "Call", "anything")
+    assert refused.returncode == 1 and "the box is unplugged" in refused.stderr
+
+
+def test_failing_method_replies_failure_once_and_keeps_serving(lab):
+    counter = lab.dir / "count.txt"
+    lab.write(f"""
+[devices.counter]
+driver = "labtest_drivers:Counter"
+conf = {{ path = "{counter}" }}
+""")
+    assert lab.up().returncode == 0
+    pid = lab.pids()["counter"]
+    failed = lab.labctl("send", "counter", "Call", "bump")
+    assert failed.returncode == 1 and "HardwareError: bump always fails" in failed.stderr
+    # Thespian would have delivered the message a second time had the exception escaped
+    assert counter.read_text() == "x"
+    assert lab.labctl("send", "counter", "Call", "ping").stdout.strip() == "pong"
+    assert lab.device("counter")["pid"] == pid and lab.device("counter")["restarts"] == 0
+
+
+def test_every_socket_of_the_lab_listens_on_loopback_only(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    lab_pids = set(lab.leftovers())
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                listening.append((fields[1], f"socket:[{fields[9]}]"))
+    owned = []
+    for pid in lab_pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            owned.extend(address for address, inode in listening if inode == target)
+    assert owned, "the lab listens nowhere?"
+    for address in owned:
+        ip_hex = address.split(":")[0]
+        assert ip_hex == "0100007F", f"a lab socket listens on {address} (not 127.0.0.1)"
+
+
+def test_send_errors_are_clear_and_harmless(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    pids = lab.pids()
+    unknown_device = lab.labctl("send", "valvez", "OpenValve", "A")
+    assert unknown_device.returncode == 1 and "no device 'valvez'" in unknown_device.stderr
+    assert "valves" in unknown_device.stderr
+    unknown_message = lab.labctl("send", "valves", "OpenValf", "A")
+    assert unknown_message.returncode == 1 and "unknown message 'OpenValf'" in unknown_message.stderr
+    assert "OpenValve" in unknown_message.stderr and "CloseValve" in unknown_message.stderr
+    wrong_device = lab.labctl("send", "valves", "SetSetpoint", "3")
+    assert wrong_device.returncode == 1 and "does not accept SetSetpoint" in wrong_device.stderr
+    bad_number = lab.labctl("send", "furnace", "SetSetpoint", "hot")
+    assert bad_number.returncode == 1 and "must be a number, got 'hot'" in bad_number.stderr
+    too_many = lab.labctl("send", "valves", "OpenValve", "A", "B")
+    assert too_many.returncode == 1 and "takes 1 argument" in too_many.stderr
+    out_of_range = lab.labctl("send", "furnace", "SetSetpoint", "99999")
+    assert out_of_range.returncode == 1 and "out of range" in out_of_range.stderr
+    assert lab.pids() == pids and all(d["state"] == "running" for d in lab.status()["devices"])
+
+
+def test_foreground_up_stops_in_order_on_sigint(lab):
+    journal = lab.dir / "journal.txt"
+    lab.write(f"""
+[devices.valves]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}" }}
+[devices.furnace]
+driver = "sim-furnace"
+""")
+    proc = lab.popen("up", lab.config)
+    try:
+        lab.wait_for(lambda s: len(s["devices"]) == 2 and all(d["state"] == "running" for d in s["devices"]),
+                     what="lab running")
+        device_pid = lab.pids()["valves"]
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped in" in err
+    assert f"shutdown {device_pid}" in journal.read_text()  # the driver's shutdown ran
+    assert lab.leftovers() == [] and processes.port_is_free(lab.port)
+    assert elapsed < 10, f"stopping took {elapsed:.1f} s"  # generous: catches hangs, not slowness
+
+
+def test_up_refuses_a_port_where_a_lab_runs(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    again = lab.up()
+    assert again.returncode == 1
+    assert f"already running on port {lab.port}" in again.stderr
+    assert all(d["state"] == "running" for d in lab.status()["devices"])
+
+
+def test_up_clears_a_dead_labs_leftovers_fast(lab):
+    """A process from a dead lab holding the port (as Thespian's orphaned logger did) is cleared."""
+    lab.write(SMALL_LAB)
+    squatter = lab.popen_python(f"import socket,time; s=socket.socket(); "
+                                f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                                f"s.bind(('127.0.0.1', {lab.port})); s.listen(); time.sleep(600)", "labctl-leftover")
+    try:
+        deadline = time.monotonic() + 10
+        while processes.port_is_free(lab.port) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        began = time.monotonic()
+        up = lab.up()
+        assert up.returncode == 0, up.stderr
+        assert time.monotonic() - began < 10  # Thespian alone would wait ~15 s, then fail
+        assert squatter.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if squatter.poll() is None:
+            squatter.kill()
+
+
+def test_dead_lab_after_keeper_and_admin_are_killed_leaves_nothing(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+    device_pids = list(lab.pids().values())
+    os.kill(record["keeper_pid"], signal.SIGKILL)
+    os.kill(record["admin_pid"], signal.SIGKILL)
+    # every actor process dies with its parent, the logger too, so nothing keeps the port
+    assert processes.wait_gone(device_pids + [record["supervisor_pid"]], 5.0) == set()
+    assert processes.wait_port_free(lab.port, timeout=5.0)
+    assert lab.up().returncode == 0  # and the port takes a new lab at once
