@@ -52,6 +52,7 @@ class Keeper:
         self.record: runstate.LabRecord | None = None
         self.supervisor = None
         self.stop_requested = False
+        self.incarnation = 0          # how many times the supervisor or the admin was brought back
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         keep_out_of_children(self._wake_r, self._wake_w)
@@ -72,7 +73,8 @@ class Keeper:
     def start_supervisor(self) -> None:
         self.supervisor = self.system.createActor("labctl.actors.supervisor.Supervisor", globalName=SUPERVISOR_NAME)
         reply = self.system.ask(self.supervisor, InitLab(request_id=uuid.uuid4().hex, lab=self.lab,
-                                                         keeper_pid=os.getpid()), INIT_TIMEOUT_S)
+                                                         keeper_pid=os.getpid(), incarnation=self.incarnation),
+                                INIT_TIMEOUT_S)
         if not isinstance(reply, Reply):
             raise LabError(f"the supervisor did not answer within {INIT_TIMEOUT_S:g} s (got {reply!r}); "
                            f"see {self.lab.log_dir}/lab.log")
@@ -126,6 +128,7 @@ class Keeper:
         if survivors:
             self.log.error("device processes %s would not die; not starting a new supervisor", sorted(survivors))
             return
+        self.incarnation += 1
         self.start_supervisor()
 
     def admin_died(self) -> None:
@@ -136,6 +139,7 @@ class Keeper:
                             f"port {self.lab.port} freed (not recovering: --no-recover)")
         self.log.info("recovering: starting the lab again")
         self.system = None
+        self.incarnation += 1
         self.start()
 
     def clear_leftovers(self) -> None:
@@ -177,9 +181,11 @@ def _parent(pid: int) -> int | None:
 
 
 def clear_port(port: int, bind: str) -> None:
-    """Make sure `port` can take a new lab: refuse if a live lab holds it, clear a dead lab's leftovers."""
+    """Make sure `port` can take a new lab: refuse if a live lab holds it, clear a dead lab's leftovers.
+
+    A record written by this very process is the lab this keeper is recovering: it counts as dead."""
     record = runstate.read(port)
-    if record is not None and lab_is_live(record):
+    if record is not None and record.keeper_pid != os.getpid() and lab_is_live(record):
         raise LabAlreadyRunning(f"lab {record.lab!r} is already running on port {port} (keeper pid "
                                 f"{record.keeper_pid}, config {record.config}); stop it with: labctl down --port {port}")
     if record is not None:

@@ -184,6 +184,8 @@ class Supervisor(Actor):
             for unit in self.units.values():
                 self.emit(unit, "starting")
                 self.launch(unit)
+            if message.incarnation:
+                self.event("lab", "recovered", supervisor=message.incarnation, pid=os.getpid())
         else:
             self.keeper_pid = message.keeper_pid
         self.send(sender, Reply(message.request_id, {"pid": os.getpid(), "admin_pid": os.getppid()}))

@@ -66,6 +66,10 @@ class Lab:
                                + textwrap.dedent(body))
         return self.config
 
+    @staticmethod
+    def labctl_argv() -> list[str]:
+        return [sys.executable, "-m", "labctl.bin.cli"]
+
     def labctl(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
         """Run `labctl ARGS` and return what it did."""
         result = subprocess.run([sys.executable, "-m", "labctl.bin.cli", *map(str, args)], cwd=self.dir,

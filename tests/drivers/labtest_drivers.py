@@ -78,3 +78,12 @@ class Exiter(Device):
 
     def ping(self) -> str:
         return "pong"
+
+
+class Flaky(SimValves):
+    """Valves whose constructor fails while the file `fail_flag` exists (a flapping device)."""
+
+    def __init__(self, fail_flag: str, valves=("A",)) -> None:
+        if Path(fail_flag).exists():
+            raise RuntimeError(f"flapping: {fail_flag} exists")
+        super().__init__(valves)
