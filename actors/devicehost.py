@@ -107,6 +107,7 @@ class DeviceHost(Actor):
         if spec.emulator is not None:
             from labctl.hardware.emulators import make_emulator
 
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
             link = Path(run_dir) / f"{spec.name}.tty"
             emulator = make_emulator(spec.emulator.kind, link=str(link), **spec.emulator.options).start()
             self.emulators.append(emulator)

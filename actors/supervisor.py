@@ -21,7 +21,7 @@ from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMes
 
 from labctl.config.schema import Lab, Unit
 
-from . import policy
+from . import policy, runstate
 from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
 from .messages import (Deliver, DescribeDevice, DeviceInfo, DeviceNotice, DeviceRequest, Done, Event, Events,
@@ -170,7 +170,8 @@ class Supervisor(Actor):
 
     def init_lab(self, message: InitLab, sender) -> None:
         if self.lab is None:
-            self.lab, self.keeper_pid, self.run_dir = message.lab, message.keeper_pid, message.lab.log_dir
+            self.lab, self.keeper_pid = message.lab, message.keeper_pid
+            self.run_dir = str(runstate.lab_dir(self.lab.port))
             for unit in self.lab.units():
                 sup = unit.supervision
                 self.units[unit.name] = UnitState(unit, policy.Intensity(sup.max_restarts, sup.within_s))

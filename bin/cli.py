@@ -18,6 +18,7 @@ from labctl.actors.messages import DEVICE_MESSAGES, Call
 from labctl.config import ConfigError, load
 
 from . import formatting
+from .emulate import emulate
 
 SETTLED = ("running", "failed", "stopped")
 
@@ -414,6 +415,9 @@ def restart(device: str, port: int | None, config_file: str | None, timeout: flo
     if entry.state != "running":
         fail(f"{device} is {entry.state} after restarting: {entry.last_error or 'no error recorded'}")
     click.echo(f"{device} running (pid {entry.pid})")
+
+
+cli.add_command(emulate)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from labctl.hardware.emulators import EMULATORS, emulator_options, make_emulator
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    # Unwind like Ctrl-C, so that the emulator's context manager removes the symlink on the way out.
+    # Unwind like Ctrl-C, so that the clean-up in emulate() stops the emulator and removes its symlink.
     raise KeyboardInterrupt
 
 

@@ -281,6 +281,9 @@ class _Checker:
         if kind not in EMULATORS:
             self.problem(f"{epath}.kind", f"unknown emulator {kind!r}; expected one of: {', '.join(EMULATORS)}")
             return None
+        if "link" in options:
+            self.problem(f"{epath}.link", "labctl places the emulator's port itself; remove link")
+            options.pop("link")
         for key, problem in check_arguments(EMULATORS[kind], options):
             self.problem(epath + (f".{key}" if key else ""), problem)
         return Emulator(kind, copy.deepcopy(options))

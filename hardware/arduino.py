@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .errors import GarbledReply, HardwareError, NoReply, ProtocolError, Rejected, ValveNotConfirmed
-from .interfaces import ValveController, _state, number
-from .serial_link import SerialDevice, SerialLink, whole_number
+from .interfaces import ValveController, number, valve_state, whole_number
+from .serial_link import SerialDevice, SerialLink
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ class ArduinoValves(SerialDevice, ValveController):
             time.sleep(self._confirm_delay)
             levels = self._indicators(valve)
             if _indicated(levels) is not open_:
-                raise ValveNotConfirmed(f"valve {valve} did not confirm {_state(open_)}: "
+                raise ValveNotConfirmed(f"valve {valve} did not confirm {valve_state(open_)}: "
                                         f"{self._describe(valve, levels)}")
 
     def _do_get(self, valve: str) -> bool:
@@ -88,7 +88,7 @@ class ArduinoValves(SerialDevice, ValveController):
                 for is_open in (True, False)}
 
     def _describe(self, valve: str, levels: dict[bool, int]) -> str:
-        return ", ".join(f"{_state(is_open)} indicator (pin {self._indicator(valve, is_open)}) reads {level}"
+        return ", ".join(f"{valve_state(is_open)} indicator (pin {self._indicator(valve, is_open)}) reads {level}"
                          for is_open, level in levels.items())
 
     def _command(self, command: str, accept: Callable[[str, str], T]) -> T:
@@ -136,7 +136,7 @@ class ArduinoValves(SerialDevice, ValveController):
         for channel, pin in table.items():
             roles = [(pin, "output")]
             if self._confirm:
-                roles += [(pin - offset, f"{_state(is_open)} indicator")
+                roles += [(pin - offset, f"{valve_state(is_open)} indicator")
                           for is_open, offset in self._offsets.items()]
             for used, role in roles:
                 if used < 0:

@@ -28,7 +28,7 @@ from . import bisynch
 from .arduino import default_pin
 from .errors import ChecksumError, OutOfRange, ProtocolError
 from .interfaces import number
-from .serial_link import whole_number
+from .interfaces import whole_number
 from .simulated import SimFurnace
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class Emulator:
         self._calls: SimpleQueue[tuple[Callable[[], Any], Future]] = SimpleQueue()
         self._master: int | None = None
         self._slave: int | None = None
+        self._tty = ""  # the path of the current pty's slave side
         self._buffer = bytearray()
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -198,7 +199,7 @@ class Emulator:
     def _receive(self) -> None:
         try:
             chunk = os.read(self._master, 4097)
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # nothing after all (EAGAIN), or nobody on the other side for a moment
             return
         # Whatever came, the driver's port is open by now: make sure its next open changes a flag.
         self._unsettle_termios()
@@ -280,37 +281,36 @@ class Emulator:
     # -- the pty and its symlink -----------------------------------------------------------------------
 
     def _plug(self) -> None:
-        master, slave = os.openpty()
-        # Raw, so that no line discipline rewrites bytes (CR to LF, echo) before pyserial sets its own.
-        tty.setraw(slave)
         # The emulator keeps the slave open too: a master whose slave side has no opener reads EIO.
-        os.set_blocking(master, False)
-        fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))
-        self._master, self._slave = master, slave
+        self._master, self._slave = os.openpty()
+        self._tty = os.ttyname(self._slave)
+        # Raw, so that no line discipline rewrites bytes (CR to LF, echo) before pyserial sets its own.
+        tty.setraw(self._slave)
+        os.set_blocking(self._master, False)
+        fcntl.ioctl(self._master, termios.TIOCPKT, struct.pack("i", 1))
         self._unsettle_termios()
         staging = self._link.with_name(f".{self._link.name}.{os.getpid()}.new")
         staging.unlink(missing_ok=True)
-        os.symlink(os.ttyname(slave), staging)
+        os.symlink(self._tty, staging)
         os.replace(staging, self._link)  # atomic: a reader sees the old target or the new one
 
     def _unsettle_termios(self) -> None:
-        """Set a flag that pyserial clears (IGNBRK: no break crosses a pty), so that its next open changes one.
-
-        A pty keeps CS8 and no parity whatever is asked, and some C libraries (Debian's, Fedora's)
-        fail tcsetattr with EINVAL when a request that was not met changed nothing either: a 7E1
-        driver could open the pty once, but not again at the same baud rate. So this runs after
-        everything a driver sends or flushes (pyserial flushes as the last step of opening). A 7E1
-        driver that opens, closes and opens again before the emulator has seen anything from it
-        can still meet EINVAL.
-        """
+        """Set IGNBRK, a flag pyserial clears, so that the next driver to open the pty changes a flag."""
+        # A pty keeps CS8 and no parity whatever is asked, and some C libraries (Debian's, Fedora's)
+        # fail tcsetattr with EINVAL when a request that was not met changed nothing either: a 7E1
+        # driver could open the pty once, but not again at the same baud rate. So this runs after
+        # everything a driver sends or flushes (pyserial flushes as the last step of opening); no
+        # break ever crosses a pty, so the flag itself changes nothing. A 7E1 driver that opens,
+        # closes and opens again before the emulator has seen anything from it can still meet EINVAL.
         attributes = termios.tcgetattr(self._slave)
         if not attributes[0] & termios.IGNBRK:
             attributes[0] |= termios.IGNBRK
             termios.tcsetattr(self._slave, termios.TCSANOW, attributes)
 
     def _unplug(self) -> None:
-        # The name goes first, so that a driver reconnecting meanwhile finds nothing rather than a dead pty.
-        if self._link is not None and self._link.is_symlink():
+        # The name goes first, so that a driver reconnecting meanwhile finds nothing rather than a dead pty;
+        # but only while it is ours: an emulator started since on the same link (a restarted device) keeps it.
+        if self._master is not None and self._link.is_symlink() and os.readlink(self._link) == self._tty:
             self._link.unlink()
         for fd in (self._master, self._slave):
             if fd is not None:
@@ -346,8 +346,8 @@ class EurothermEmulator(Emulator):
 
     def __init__(self, gid: int = 0, uid: int = 1, setpoint: float = 20.0, ambient: float = 20.0,
                  tau_s: float = 30.0, min_setpoint: float = 0.0, max_setpoint: float = 1200.0,
-                 **base: Any) -> None:
-        super().__init__(**base)
+                 link: str | os.PathLike | None = None, slow_s: float = 1.0) -> None:
+        super().__init__(link=link, slow_s=slow_s)
         bisynch.address(gid, uid)
         self._address = (gid, uid)
         self._furnace = SimFurnace(setpoint=setpoint, ambient=ambient, tau_s=tau_s,
@@ -416,8 +416,9 @@ class ArduinoEmulator(Emulator):
     NOISE = b"\xfc\x1f\x80\r\n"
 
     def __init__(self, n_pins: int = 54, valve_pins: Iterable[int] | None = None, stuck: Iterable[int] = (),
-                 open_offset: int = 1, closed_offset: int = 2, **base: Any) -> None:
-        super().__init__(**base)
+                 open_offset: int = 1, closed_offset: int = 2, link: str | os.PathLike | None = None,
+                 slow_s: float = 1.0) -> None:
+        super().__init__(link=link, slow_s=slow_s)
         n_pins = whole_number(n_pins, "n_pins", low=1)
         self._offsets = (whole_number(open_offset, "open_offset", low=1),
                          whole_number(closed_offset, "closed_offset", low=1))
@@ -474,12 +475,7 @@ EMULATORS: dict[str, type[Emulator]] = {"arduino-valves": ArduinoEmulator, "euro
 
 def emulator_options(kind: str) -> list[str]:
     """The options (keyword arguments) an emulator kind takes."""
-    names = []
-    for cls in _emulator_class(kind).__mro__:
-        if "__init__" in vars(cls) and issubclass(cls, Emulator):
-            names += [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                      if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    return names
+    return list(inspect.signature(_emulator_class(kind)).parameters)
 
 
 def make_emulator(kind: str, **options: Any) -> Emulator:

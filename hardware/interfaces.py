@@ -62,6 +62,16 @@ def number(value: Any, what: str) -> float:
     return result
 
 
+def whole_number(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
+    """`value` as an int within [low, high] (no upper bound when high is None), or OutOfRange."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OutOfRange(f"{what} must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise OutOfRange(f"{what} {value} is out of range {bounds}")
+    return value
+
+
 def within(value: Any, low: float, high: float, what: str) -> float:
     """`value` as a float within [low, high], or OutOfRange naming the range."""
     result = number(value, what)
@@ -137,11 +147,11 @@ class ValveController(Device):
 
     def get_state(self, valve: str) -> str:
         """'open' or 'closed'."""
-        return _state(self._do_get(self._valve(valve)))
+        return valve_state(self._do_get(self._valve(valve)))
 
     def get_states(self) -> dict[str, str]:
         """Every valve's state, by name."""
-        return {name: _state(self._do_get(name)) for name in self._channels}
+        return {name: valve_state(self._do_get(name)) for name in self._channels}
 
     def lock(self, valve: str) -> bool:
         """Soft-lock a valve so that it refuses to move; returns True."""
@@ -170,7 +180,7 @@ class ValveController(Device):
         if valve in self._locked:
             raise ValveLocked(f"valve {valve} is locked; unlock it before it can {'open' if want_open else 'close'}")
         self._do_set(valve, want_open)
-        state = _state(want_open)
+        state = valve_state(want_open)
         self._notify("valve", valve=valve, state=state)
         return state
 
@@ -183,7 +193,8 @@ class ValveController(Device):
         """True when the valve is open."""
 
 
-def _state(is_open: bool) -> str:
+def valve_state(is_open: bool) -> str:
+    """'open' or 'closed', the words every valve controller answers with."""
     return "open" if is_open else "closed"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import serial
 
 from .errors import LinkError, OutOfRange
-from .interfaces import Device, number
+from .interfaces import Device, number, whole_number
 
 try:
     import termios
@@ -18,16 +18,6 @@ except ImportError:  # not a POSIX system: pyserial then raises only OSError and
 else:
     # tcflush (reset_input_buffer) on a tty whose device vanished raises termios.error, not OSError.
     _PORT_ERRORS = (OSError, serial.SerialException, termios.error)
-
-
-def whole_number(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
-    """`value` as an int within [low, high] (no upper bound when high is None), or OutOfRange."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OutOfRange(f"{what} must be a whole number, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise OutOfRange(f"{what} {value} is out of range {bounds}")
-    return value
 
 
 def is_url(port: str) -> bool:
@@ -157,6 +147,12 @@ class SerialDevice(Device):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "port": self._link.port}
+
+    def __enter__(self) -> SerialDevice:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
 
 
 __all__ = ["SerialLink", "SerialDevice", "is_url", "whole_number"]

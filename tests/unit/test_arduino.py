@@ -55,11 +55,8 @@ def test_open_and_close_drive_the_output_pin(valves, emulator):
 def test_the_state_comes_from_the_box_not_from_memory(valves, emulator):
     valves.open("A")
     valves.shutdown()
-    again = connect(emulator)  # a restarted driver: it learns the state from the output pin
-    try:
+    with connect(emulator) as again:  # a restarted driver: it learns the state from the output pin
         assert again.get_state("A") == "open"
-    finally:
-        again.shutdown()
 
 
 def test_confirmed_moves_read_the_indicators(confirmed, emulator):
@@ -82,16 +79,19 @@ def test_without_confirm_a_stuck_valve_goes_unnoticed(valves):
     assert valves.open("B") == "open"  # the output pin follows; nothing reads the indicators
 
 
-def test_indicators_both_high_are_an_unknown_position(emulator):
-    driver = connect(emulator, confirm=True, confirm_delay_s=0, open_offset=2, closed_offset=1)
-    try:
-        driver.open("A")  # with the offsets swapped, pin 3 is the closed indicator: it reads 1
-    except ValveNotConfirmed as exc:
-        assert "closed indicator (pin 3) reads 1" in str(exc)
-    else:
-        pytest.fail("a valve whose indicators contradict the command was confirmed")
-    finally:
-        driver.shutdown()
+def test_indicators_wired_the_other_way_do_not_confirm(emulator):
+    with connect(emulator, confirm=True, confirm_delay_s=0, open_offset=2, closed_offset=1) as driver:
+        with pytest.raises(ValveNotConfirmed, match=r"closed indicator \(pin 3\) reads 1"):
+            driver.open("A")
+
+
+def test_a_valve_with_no_indicator_high_has_no_known_state():
+    with ArduinoEmulator(valve_pins=[4]) as emu:  # the valve on pin 7 starts with both indicators low
+        with connect(emu, confirm=True) as driver:
+            with pytest.raises(ValveNotConfirmed, match=r"valve B is neither open nor closed: open indicator "
+                                                        r"\(pin 6\) reads 0, closed indicator \(pin 5\) reads 0"):
+                driver.get_state("B")
+            assert driver.get_state("A") == "closed"
 
 
 def test_a_locked_valve_does_not_reach_the_box(valves, emulator):
@@ -137,6 +137,15 @@ def test_a_slow_reply_is_retried(valves, emulator):
     assert valves.get_state("B") == "closed"
 
 
+def test_a_late_reply_is_not_taken_for_the_next_answer(emulator):
+    with connect(emulator, retries=1) as driver:
+        emulator.inject("slow")  # the OK comes 0.3 s late, after the driver gave up at 0.2 s
+        with pytest.raises(NoReply):
+            driver.open("A")
+        assert emulator.wait_idle()  # the late OK now waits in the driver's input
+        assert driver.get_state("A") == "open"  # a level, not the stale OK
+
+
 def test_unplug_then_reconnect_after_replug(valves, emulator):
     valves.open("A")
     emulator.unplug()
@@ -152,21 +161,15 @@ def test_unplug_then_reconnect_after_replug(valves, emulator):
 
 def test_a_pyserial_url_is_a_port():
     # loop:// sends every byte back: the box "answers" each command with the command itself.
-    driver = ArduinoValves("loop://", valves=["A"], timeout=REPLY_S, retries=1)
-    try:
+    with ArduinoValves("loop://", valves=["A"], timeout=REPLY_S, retries=1) as driver:
         with pytest.raises(Rejected, match="answered 'w 4 1' to 'w 4 1'"):
             driver.open("A")
-    finally:
-        driver.shutdown()
 
 
 def test_pins_from_toml_have_string_keys(emulator):
-    driver = ArduinoValves(emulator.port, valves={"A": 0, "B": 1}, pins={"0": 12, "1": 15}, timeout=REPLY_S)
-    try:
+    with ArduinoValves(emulator.port, valves={"A": 0, "B": 1}, pins={"0": 12, "1": 15}, timeout=REPLY_S) as driver:
         driver.open("B")
         assert emulator.level(15) == 1
-    finally:
-        driver.shutdown()
 
 
 @pytest.mark.parametrize("conf, message", [

@@ -54,16 +54,13 @@ def test_a_setpoint_whose_bcc_is_the_eot_byte_goes_through(furnace, emulator):
 
 def test_temperature_approaches_the_setpoint():
     with EurothermEmulator(setpoint=20.0, ambient=20.0, tau_s=0.05) as emu:
-        driver = Eurotherm(emu.port, timeout=REPLY_S)
-        try:
+        with Eurotherm(emu.port, timeout=REPLY_S) as driver:
             driver.set_setpoint(100.0)
             first = driver.read_temperature()
             wait_until(lambda: driver.read_temperature() > 99.0)
             assert first < 99.0
             driver.set_setpoint(20.0)
             assert driver.get_output() == 0.0  # far above the setpoint: no power
-        finally:
-            driver.shutdown()
 
 
 def test_a_setpoint_outside_the_drivers_limits_is_refused_before_sending(furnace, emulator):
@@ -75,13 +72,10 @@ def test_a_setpoint_outside_the_drivers_limits_is_refused_before_sending(furnace
 
 def test_a_setpoint_the_instrument_refuses_is_rejected():
     with EurothermEmulator(max_setpoint=1000.0) as emu:
-        driver = Eurotherm(emu.port, timeout=REPLY_S)
-        try:
+        with Eurotherm(emu.port, timeout=REPLY_S) as driver:
             with pytest.raises(Rejected, match="NAK"):
                 driver.set_setpoint(1100.0)
             assert emu.setpoint == 20.0
-        finally:
-            driver.shutdown()
 
 
 @pytest.mark.parametrize("fault, error", [
@@ -116,12 +110,9 @@ def test_a_fault_until_cleared(furnace, emulator):
 
 def test_a_slow_reply_within_the_timeout_is_fine():
     with EurothermEmulator(setpoint=250.0, slow_s=0.05) as emu:
-        driver = Eurotherm(emu.port, timeout=REPLY_S)
-        try:
+        with Eurotherm(emu.port, timeout=REPLY_S) as driver:
             emu.inject("slow")
             assert driver.get_setpoint() == 250.0
-        finally:
-            driver.shutdown()
 
 
 def test_a_late_reply_is_not_taken_for_the_next_answer(furnace, emulator):
@@ -133,13 +124,10 @@ def test_a_late_reply_is_not_taken_for_the_next_answer(furnace, emulator):
 
 
 def test_requests_for_another_unit_go_unanswered(emulator):
-    other = Eurotherm(emulator.port, uid=2, timeout=REPLY_S)
-    try:
+    with Eurotherm(emulator.port, uid=2, timeout=REPLY_S) as other:
         with pytest.raises(NoReply, match="unit 2"):
             other.read_temperature()
         assert emulator.received == 0
-    finally:
-        other.shutdown()
 
 
 def test_the_emulator_naks_a_write_with_a_wrong_bcc_and_eots_an_unknown_parameter(emulator):
@@ -176,11 +164,8 @@ def test_shutdown_releases_the_port(furnace, emulator):
     furnace.shutdown()
     with pytest.raises(LinkError, match="not open"):
         furnace.read_temperature()
-    second = Eurotherm(emulator.port, timeout=REPLY_S)
-    try:
+    with Eurotherm(emulator.port, timeout=REPLY_S) as second:
         assert second.get_setpoint() == 300.0
-    finally:
-        second.shutdown()
 
 
 def test_a_missing_port_is_a_link_error():
