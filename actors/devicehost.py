@@ -57,6 +57,7 @@ class DeviceHost(Actor):
         self.owned: list[tuple[str, Device]] = []   # what to shut down, in construction order
         self.emulators: list[Any] = []
         self.degraded: dict[str, int] = {}          # device -> reconnect attempts so far
+        self.frames: dict[str, int] = {}            # device -> images acquired, the frame counter
         self.last_heard = time.monotonic()
         self.watchdog_s = 30.0
 
@@ -197,7 +198,10 @@ class DeviceHost(Actor):
                     self.link_lost(name, exc)
                 log.warning("%s(%s) failed: %s: %s", method_name, _args_text(args, kwargs), type(exc).__name__, exc)
                 return Failure(rid, "driver_error", type(exc).__name__, str(exc), name, traceback.format_exc())
-        return Reply(rid, wrap(value))
+        if isinstance(value, np.ndarray):
+            self.frames[name] = self.frames.get(name, 0) + 1
+            return Reply(rid, Image(value, self.frames[name], time.time()))
+        return Reply(rid, plain(value))
 
     # -- links, notices, watchdog -----------------------------------------------------------
 
@@ -252,14 +256,9 @@ class DeviceHost(Actor):
                 self.wakeupAfter(timedelta(seconds=delay), payload=("reconnect", owner))
 
 
-def wrap(value: Any) -> Any:
-    """A driver's result made safe to send: arrays travel inside an Image, numpy scalars as Python ones."""
-    if isinstance(value, np.ndarray):
-        frame = int(value.flat[0]) if value.size and value.dtype.kind in "ui" else 0
-        return Image(value, frame, time.time())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def plain(value: Any) -> Any:
+    """A driver's result with numpy scalars made Python ones (arrays travel inside an Image)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def describe(name: str, driver: Device) -> DeviceDescription:

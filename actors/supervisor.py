@@ -293,6 +293,9 @@ class Supervisor(Actor):
         if unit.state != "running" or unit.address is None:
             self.send(sender, self.unavailable(request.request_id, unit, name, type(request).__name__))
             return
+        if name not in unit.descriptions:
+            self.send(sender, self.composite(request.request_id, unit, name))
+            return
         method = request.call()[0]
         description = unit.descriptions.get(name)
         limit = description.time_limits.get(method) if description else None
@@ -310,6 +313,11 @@ class Supervisor(Actor):
         else:
             text = f"{device} is {unit.state}; {what} was not sent, try again when it is running"
         return Failure(request_id, unit.state, "DeviceUnavailable", text, device)
+
+    def composite(self, request_id: str, unit: UnitState, name: str) -> Failure:
+        parts = ", ".join(n for n in unit.descriptions if n.startswith(name + ".")) or "none"
+        return Failure(request_id, "unknown_device", "UnknownDevice",
+                       f"{name} is a composite device; address its parts: {parts}", name)
 
     def device_names(self) -> list[str]:
         return list(self.unit_of)
@@ -341,9 +349,7 @@ class Supervisor(Actor):
         elif name in unit.descriptions and unit.state == "running":
             self.send(sender, Reply(request.request_id, unit.descriptions[name]))
         elif unit.state == "running":
-            parts = ", ".join(unit.descriptions) or "none"
-            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
-                                      f"{name} is a composite device; address its parts: {parts}", name))
+            self.send(sender, self.composite(request.request_id, unit, name))
         else:
             self.send(sender, self.unavailable(request.request_id, unit, name, "DescribeDevice"))
 

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from labctl.hardware import Device, HardwareError, time_limit
+from labctl.hardware import Device, FloatingDevice, HardwareError, time_limit
 from labctl.hardware.simulated import SimValves
 
 
@@ -87,3 +87,38 @@ class Flaky(SimValves):
         if Path(fail_flag).exists():
             raise RuntimeError(f"flapping: {fail_flag} exists")
         super().__init__(valves)
+
+
+class ConfEcho(Device):
+    """Keeps the keyword arguments it was built with, then spoils the ones it was handed."""
+
+    def __init__(self, **conf) -> None:
+        import copy
+
+        self._conf = copy.deepcopy(conf)
+        for value in conf.values():  # a careless driver: a restart must still get the original conf
+            if isinstance(value, (dict, list)):
+                value.clear()
+
+    def conf(self) -> dict:
+        return self._conf
+
+
+class FloatingEcho(ConfEcho, FloatingDevice):
+    """A floating driver with two units, ids 'unit0' and 'unit1', that keeps its kwargs."""
+
+    @classmethod
+    def count_candidates(cls, **conf) -> int:
+        return 2
+
+    @classmethod
+    def open_candidate(cls, candidate: int, /, **conf) -> "FloatingEcho":
+        unit = cls(**conf)
+        unit._candidate = candidate
+        return unit
+
+    def get_id(self) -> str:
+        return f"unit{self._candidate}"
+
+    def candidate(self) -> int:
+        return self._candidate

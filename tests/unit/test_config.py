@@ -138,7 +138,7 @@ def test_check_command(tmp_path):
     assert result.returncode == 1 and "devices.v2.driver" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["demo.toml"])
+@pytest.mark.parametrize("name", ["demo.toml", "floating.toml", "composite.toml"])
 def test_shipped_example_labs_are_valid(name):
     path = ROOT / "config" / name
     if not path.exists():
