@@ -269,3 +269,19 @@ def test_dead_lab_after_keeper_and_admin_are_killed_leaves_nothing(lab):
     assert processes.wait_gone(device_pids + [record["supervisor_pid"]], 5.0) == set()
     assert processes.wait_port_free(lab.port, timeout=5.0)
     assert lab.up().returncode == 0  # and the port takes a new lab at once
+
+
+def test_logs_one_file_per_device_each_line_naming_its_device(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    lab.labctl("send", "valves", "OpenValve", "A", check=True)
+    lab.labctl("send", "furnace", "SetSetpoint", "99999")  # a failure, logged by the device's process
+    assert lab.labctl("down").returncode == 0
+    logs = lab.log_dir
+    assert {p.name for p in logs.glob("*.log")} >= {"lab.log", "valves.log", "furnace.log", "camera.log"}
+    valves = (logs / "valves.log").read_text().splitlines()
+    assert valves and all("[valves]" in line for line in valves if line[:4].isdigit())
+    assert any("valve=A state=open" in line for line in valves)
+    furnace = (logs / "furnace.log").read_text()
+    assert "out of range" in furnace and "[valves]" not in furnace
+    assert "[furnace]" in (logs / "lab.log").read_text()
