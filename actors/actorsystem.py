@@ -22,6 +22,7 @@ BASE = "multiprocTCPBase"
 SUPERVISOR_NAME = "labctl.supervisor"
 HOST_CAPABILITY = "labctl.host"
 LAB_CAPABILITY = "labctl.lab"
+CONVENTION_CAPABILITY = "Convention Address.IPv4"
 
 # pid -> exit code of this process's children that Thespian has reaped; the supervisor reads it to
 # say how a device's process ended ("killed by SIGKILL").
@@ -109,14 +110,18 @@ def harden(bind: str = "127.0.0.1") -> None:
     multiproc.multiprocessCommon._startAdmin = start_admin
 
 
-def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, log_defs: dict) -> ActorSystem:
-    """Start a new admin for a lab on this host; the caller must have checked that the port is free."""
+def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, log_defs: dict,
+                leader: tuple[str, int] | None = None) -> ActorSystem:
+    """Start a new admin for a lab on this host (joining the `leader`'s convention if given); the
+    caller must have checked that the port is free."""
     harden(bind)
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     os.environ["THESPLOG_FILE"] = str(Path(log_dir) / "thespian.log")
     os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1024 * 1024))
     capabilities = {"Admin Port": port, HOST_CAPABILITY: host, LAB_CAPABILITY: lab_name,
                     "Process Startup Method": "fork"}
+    if leader is not None:
+        capabilities[CONVENTION_CAPABILITY] = leader
     return ActorSystem(BASE, capabilities, logDefs=log_defs, transientUnique=True)
 
 

@@ -63,7 +63,7 @@ class Keeper:
         """Start the admin and the supervisor and hand it the lab; raises LabError saying why not."""
         processes.become_subreaper()
         clear_port(self.lab.port, self.lab.bind)
-        log_defs = logs.log_config(self.lab.log_dir, [device.name for device in self.lab.devices])
+        log_defs = logs.log_config(self.lab.log_dir)
         self.log.info("starting lab %s on %s:%d (keeper pid %d)", self.lab.name, self.lab.bind, self.lab.port,
                       os.getpid())
         self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
@@ -116,14 +116,14 @@ class Keeper:
                 break
             if not processes.is_alive(admin):
                 self.admin_died()
-            elif not processes.is_alive(supervisor):
+            elif supervisor and not processes.is_alive(supervisor):
                 self.supervisor_died()
 
     def supervisor_died(self) -> None:
         self.log.error("the supervisor (pid %d) died; starting a new one", self.record.supervisor_pid)
         # Its device hosts die with it (parent-death signal); make sure, before new ones open the hardware.
         orphans = [pid for pid in self.record.lab_processes()
-                   if pid != self.record.admin_pid and _parent(pid) != self.record.admin_pid]
+                   if pid != self.record.admin_pid and processes.parent_of(pid) != self.record.admin_pid]
         survivors = processes.kill_all(orphans, timeout=2.0)
         if survivors:
             self.log.error("device processes %s would not die; not starting a new supervisor", sorted(survivors))
@@ -170,14 +170,6 @@ class Keeper:
         elapsed = time.monotonic() - began
         self.log.info("lab %s stopped in %.2f s", self.lab.name, elapsed)
         return elapsed
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def clear_port(port: int, bind: str) -> None:

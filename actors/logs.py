@@ -26,20 +26,43 @@ class DeviceFilter(logging.Filter):
         return record.device == self.device or record.device.startswith(self.device + ".")
 
 
-def log_config(log_dir: str, devices: list[str], level: str = "INFO") -> dict:
-    """A logging.config dict for the lab's logger process: lab.log plus <device>.log per device."""
+class DeviceFiles(logging.Handler):
+    """Writes each record that names a device to <log_dir>/<device>.log (a sub-device's to its
+    device's file), opening files as devices first log; no list of devices is needed up front."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.files: dict[str, logging.FileHandler] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        device = getattr(record, "device", LAB).split(".")[0]
+        if device == LAB or not device.isidentifier():
+            return
+        handler = self.files.get(device)
+        if handler is None:
+            handler = self.files[device] = logging.FileHandler(self.log_dir / f"{device}.log")
+            handler.setFormatter(self.formatter)
+        handler.emit(record)
+
+    def close(self) -> None:
+        for handler in self.files.values():
+            handler.close()
+        super().close()
+
+
+def log_config(log_dir: str, level: str = "INFO") -> dict:
+    """A logging.config dict for a lab's logger process: lab.log, plus <device>.log per device."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    filters = {"any": {"()": "labctl.actors.logs.DeviceFilter"}}
-    handlers = {"lab": {"class": "logging.FileHandler", "filename": str(Path(log_dir) / "lab.log"),
-                        "formatter": "plain", "filters": ["any"]}}
-    for name in devices:
-        filters[f"only_{name}"] = {"()": "labctl.actors.logs.DeviceFilter", "device": name}
-        handlers[f"device_{name}"] = {"class": "logging.FileHandler", "filename": str(Path(log_dir) / f"{name}.log"),
-                                      "formatter": "plain", "filters": [f"only_{name}"]}
     return {"version": 1, "disable_existing_loggers": False,
             "formatters": {"plain": {"format": FORMAT}},
-            "filters": filters, "handlers": handlers,
-            "root": {"level": level, "handlers": list(handlers)}}
+            "filters": {"any": {"()": "labctl.actors.logs.DeviceFilter"}},
+            "handlers": {
+                "lab": {"class": "logging.FileHandler", "filename": str(Path(log_dir) / "lab.log"),
+                        "formatter": "plain", "filters": ["any"]},
+                "devices": {"()": "labctl.actors.logs.DeviceFiles", "log_dir": str(log_dir),
+                            "formatter": "plain", "filters": ["any"]}},
+            "root": {"level": level, "handlers": ["lab", "devices"]}}
 
 
 def tag_records_with_device(default: str) -> None:

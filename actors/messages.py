@@ -427,6 +427,12 @@ class DeviceNotice:
 
 
 @frozen
+class Reap:
+    """Supervisor -> Reaper: kill this hung device process on your host."""
+    pid: int
+
+
+@frozen
 class ProbeRequest:
     """Supervisor -> Prober: open each candidate of a floating driver and read its id."""
     key: str

@@ -83,6 +83,12 @@ def _state(pid: int) -> str | None:
     return fields[0]
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a process, or None when it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
 def session_of(pid: int) -> int | None:
     """The session id of a process, or None when it is gone."""
     try:

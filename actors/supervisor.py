@@ -21,19 +21,21 @@ from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMes
 
 from labctl.config.schema import Lab, Unit
 
-from . import policy, runstate
+from . import policy, processes, runstate
 from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
 from .messages import (Deliver, DescribeDevice, DeviceInfo, DeviceNotice, DeviceRequest, Done, Event, Events,
                        Failure, GetEvents, GetLabStatus, InitLab, LabStatus, Ping, Pong, ProbeRequest, ProbeResult,
-                       Reply, Request, RestartDevice, StartUnit, StopLab, UnitFailed, UnitReady)
+                       Reap, Reply, Request, RestartDevice, StartUnit, StopLab, UnitFailed, UnitReady)
 from .processes import exit_cause
 from .prober import Prober
+from .reaper import Reaper
 
 log = logging.getLogger("labctl.supervisor")
 
 EVENTS_KEPT = 2000
 PROBE_FIRST_S = 0.5
+REAP_TIMEOUT_S = 2.0
 
 
 @attrs.define
@@ -413,13 +415,19 @@ class Supervisor(Actor):
         """End a unit's process that does not answer: SIGKILL by pid."""
         unit.kill_reason = unit.kill_reason or reason
         log.error("%s: %s; killing pid %s", unit.name, reason, unit.pid, extra={"device": unit.name})
-        if unit.pid and unit.spec.host == self.lab.host and _is_child(unit.pid):
+        if unit.pid and unit.spec.host == self.lab.host and processes.parent_of(unit.pid) == os.getpid():
             try:
                 os.kill(unit.pid, signal.SIGKILL)
                 return  # ChildActorExited follows in a few milliseconds
             except ProcessLookupError:
                 pass
-        # Remote, or already gone: nothing will report its end, so handle it now.
+        elif unit.pid and unit.spec.host != self.lab.host:
+            # A remote process: a Reaper on its host kills it. If that host is gone too, no exit
+            # will ever be reported, so the unit is handled as ended after REAP_TIMEOUT_S.
+            reaper = self.createActor(Reaper, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
+            self.send(reaper, Reap(unit.pid))
+            self.after(REAP_TIMEOUT_S, ("reaped", unit.name, unit.incarnation))
+            return
         self.child_exited(unit.address)
 
     def child_exited(self, address) -> None:
@@ -452,6 +460,12 @@ class Supervisor(Actor):
             unit.pid = None
             self.fail_inflight(unit, cause)
             self.schedule_launch(unit, 0.0)
+            return
+        if unit.pid is None and unit.state != "running" and not unit.failure and not unit.kill_reason \
+                and unit.spec.host != self.lab.host:
+            # No process ever reported itself: nothing on that host accepted it.
+            self.start_impossible(unit, f"host {unit.spec.host!r} is not connected; start it there with: "
+                                        f"labctl node {unit.spec.host} --leader {self.lab.bind}:{self.lab.port}")
             return
         normal = exitcode == 0 and not unit.failure and not unit.kill_reason
         unit.last_error = None if normal else cause
@@ -580,6 +594,8 @@ class Supervisor(Actor):
         elif kind == "init_timeout" and payload[2] == unit.incarnation and unit.address is not None \
                 and unit.state != "running":
             self.kill(unit, f"construction took longer than {unit.spec.supervision.init_timeout_s:g} s")
+        elif kind == "reaped" and payload[2] == unit.incarnation and unit.address is not None:
+            self.child_exited(unit.address)
         elif kind == "kill" and payload[2] == unit.incarnation and unit.address is not None:
             self.kill(unit, f"did not stop within {unit.spec.supervision.stop_timeout_s:g} s")
 
@@ -599,13 +615,3 @@ class Supervisor(Actor):
         for token, (sender, request_id, since) in list(self.waiters.items()):
             del self.waiters[token]
             self.send(sender, Events(request_id, tuple(e for e in self.events if e.seq > since), self.seq))
-
-
-def _is_child(pid: int) -> bool:
-    """Whether `pid` is a child of this process (so a kill can never hit a stranger with a reused pid)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return int(fields[1]) == os.getpid()
-    except (OSError, IndexError, ValueError):
-        return False

@@ -417,6 +417,45 @@ def restart(device: str, port: int | None, config_file: str | None, timeout: flo
     click.echo(f"{device} running (pid {entry.pid})")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--leader", required=True, metavar="HOST:PORT",
+              help="Address and admin port of the lab's leader (where `labctl up` runs).")
+@click.option("--port", type=click.IntRange(1, 65535), default=1950, show_default=True,
+              help="Admin port of this host.")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="The address this host listens on and advertises; the leader must reach it.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="Where this host's logs go [default: ./logs/node-NAME].")
+def node(name: str, leader: str, port: int, bind: str, log_dir: str | None) -> None:
+    """Run host NAME of a multi-host lab: devices whose config says `host = "NAME"` run here.
+
+    It joins the leader's lab and runs until Ctrl-C or SIGTERM, then stops every process it
+    started. Every labctl port takes unauthenticated pickled messages: keep the lab's hosts on a
+    network that only they can reach (see the README).
+    """
+    from labctl.actors.keeper import install_stop_signals
+    from labctl.actors.node import Node
+
+    address, _, leader_port = leader.rpartition(":")
+    if not address or not leader_port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {leader!r}", param_hint="--leader")
+    guard = Node(name, (address, int(leader_port)), port, bind, log_dir or os.path.join("logs", f"node-{name}"))
+    install_stop_signals(guard)
+    code = 0
+    try:
+        guard.start()
+        click.echo(f"host {name} joined the lab at {leader} (listening on {bind}:{port}); Ctrl-C stops it.")
+        guard.watch()
+    except LabError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    finally:
+        elapsed = guard.stop()
+    click.echo(f"host {name} stopped in {elapsed:.2f} s", err=True)
+    sys.exit(code)
+
+
 cli.add_command(emulate)
 
 

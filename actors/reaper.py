@@ -1,0 +1,37 @@
+"""Reaper: a one-shot actor that kills a hung device process on a remote host, where the supervisor
+cannot send a signal itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from thespian.actors import Actor, ActorExitRequest
+
+from . import processes
+from .devicehost import host_requirement_met
+from .messages import Reap
+
+log = logging.getLogger("labctl.reaper")
+
+
+class Reaper(Actor):
+    """Placed on the hung device's host: SIGKILLs its pid, then exits."""
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities, requirements):
+        return host_requirement_met(capabilities, requirements)
+
+    def receiveMessage(self, message, sender):
+        if not isinstance(message, Reap):
+            return
+        # Device hosts placed on this host are children of its admin, as this reaper is: never
+        # kill anything else, whatever pid arrives.
+        if processes.parent_of(message.pid) == os.getppid():
+            try:
+                os.kill(message.pid, signal.SIGKILL)
+                log.warning("killed hung device process %d", message.pid)
+            except ProcessLookupError:
+                pass
+        self.send(self.myAddress, ActorExitRequest())

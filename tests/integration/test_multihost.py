@@ -1,0 +1,66 @@
+"""A lab on two hosts: the leader and a `labctl node` member (two admins on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from labctl.actors import processes
+
+from ..conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_devices_run_on_the_host_the_config_names(lab):
+    node_port = free_port()
+    lab.write(f"""
+[hosts.pi]
+address = "127.0.0.1"
+port = {node_port}
+[devices.valves]
+driver = "sim-valves"
+host = "pi"
+heartbeat_s = 0.25
+heartbeat_misses = 2
+[devices.furnace]
+driver = "sim-furnace"
+""")
+    up = lab.up()  # no node yet: the remote device waits, the others run
+    assert up.returncode == 1
+    waiting = lab.device("valves")
+    assert waiting["state"] == "failed" and "host 'pi' is not connected" in waiting["last_error"]
+    assert waiting["restarts"] == 0 and lab.device("furnace")["state"] == "running"
+
+    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
+    try:
+        status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running", what="valves placed on pi")
+        pid = status["devices"][0]["pid"]
+        node_record = json.loads((lab.dir / "run" / f"lab-{node_port}.json").read_text())
+        assert processes.parent_of(pid) == node_record["admin_pid"]  # it runs under the node's admin
+        assert lab.labctl("send", "valves", "OpenValve", "B").stdout.strip() == "open"
+
+        os.kill(pid, signal.SIGKILL)  # a remote crash is reported and restarted on the same host
+        status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running" and s["devices"][0]["pid"] != pid)
+        pid = status["devices"][0]["pid"]
+        assert processes.parent_of(pid) == node_record["admin_pid"]
+
+        os.kill(pid, signal.SIGSTOP)  # a remote hang: killed on its host by a reaper, then restarted
+        status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running" and s["devices"][0]["pid"] != pid)
+        assert "hung" in status["devices"][0]["last_error"]
+        assert processes.wait_gone([pid], 5.0) == set()
+
+        remote = status["devices"][0]["pid"]
+        assert lab.labctl("down").returncode == 0
+        assert processes.wait_gone([remote], 5.0) == set()  # stopping the lab stops its remote devices
+        assert processes.is_alive(node_record["admin_pid"])  # the host itself stays, ready for the next lab
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert processes.wait_port_free(node_port, timeout=5.0)
