@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-from thespian.actors import ActorSystem
+from thespian.actors import Actor, ActorSystem
 
 from . import processes
 from .errors import LabNotRunning
@@ -140,6 +140,15 @@ def attach(port: int, address: str = "127.0.0.1") -> ActorSystem:
 # Clients pass this when attaching; it is used only if Thespian had to start something itself.
 QUIET_LOGS = {"version": 1, "disable_existing_loggers": False,
               "root": {"level": "WARNING", "handlers": []}}
+
+
+class PlacedActor(Actor):
+    """An actor that runs only on the host its creator names: targetActorRequirements={HOST_CAPABILITY: name}."""
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities, requirements):
+        wanted = (requirements or {}).get(HOST_CAPABILITY)
+        return wanted is None or capabilities.get(HOST_CAPABILITY) == wanted
 
 
 def local_child_pid(actor, address) -> int | None:

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from thespian.actors import Actor, ActorExitRequest, WakeupMessage
+from thespian.actors import ActorExitRequest, WakeupMessage
 
 from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
 from labctl.hardware import Device, LinkError, NotPresent, ValveController, declared_time_limits, remote_methods
 from labctl.hardware import interfaces as hw_interfaces
 
 from . import logs
-from .actorsystem import HOST_CAPABILITY
+from .actorsystem import PlacedActor
 from .messages import (MESSAGE_FOR_METHOD, Call, DeviceDescription, DeviceNotice, Deliver, DeviceRequest, Done,
                        Failure, Image, MethodInfo, Ping, Pong, Reply, StartUnit, UnitFailed, UnitReady)
 
@@ -35,18 +35,8 @@ RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 5.0
 
 
-def host_requirement_met(capabilities: dict, requirements: dict | None) -> bool:
-    """Thespian placement check: run only on the admin whose `labctl.host` is the one required."""
-    wanted = (requirements or {}).get(HOST_CAPABILITY)
-    return wanted is None or capabilities.get(HOST_CAPABILITY) == wanted
-
-
-class DeviceHost(Actor):
+class DeviceHost(PlacedActor):
     """Owns drivers in its own process and answers requests addressed to them."""
-
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities, requirements):
-        return host_requirement_met(capabilities, requirements)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

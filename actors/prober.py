@@ -5,23 +5,19 @@ from __future__ import annotations
 import logging
 import traceback
 
-from thespian.actors import Actor, ActorExitRequest
+from thespian.actors import ActorExitRequest
 
 from labctl.config.drivers import resolve_driver
 from labctl.hardware import probe
 
-from .devicehost import host_requirement_met
+from .actorsystem import PlacedActor
 from .messages import ProbeRequest, ProbeResult
 
 log = logging.getLogger("labctl.prober")
 
 
-class Prober(Actor):
+class Prober(PlacedActor):
     """Opens each candidate unit of a floating driver, reads its id, releases it, answers, exits."""
-
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities, requirements):
-        return host_requirement_met(capabilities, requirements)
 
     def receiveMessage(self, message, sender):
         if not isinstance(message, ProbeRequest):

@@ -7,21 +7,17 @@ import logging
 import os
 import signal
 
-from thespian.actors import Actor, ActorExitRequest
+from thespian.actors import ActorExitRequest
 
 from . import processes
-from .devicehost import host_requirement_met
+from .actorsystem import PlacedActor
 from .messages import Reap
 
 log = logging.getLogger("labctl.reaper")
 
 
-class Reaper(Actor):
+class Reaper(PlacedActor):
     """Placed on the hung device's host: SIGKILLs its pid, then exits."""
-
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities, requirements):
-        return host_requirement_met(capabilities, requirements)
 
     def receiveMessage(self, message, sender):
         if not isinstance(message, Reap):

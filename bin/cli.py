@@ -101,7 +101,7 @@ def up(config_file: str, detach: bool, no_recover: bool, port: int | None) -> No
     In the foreground it runs until Ctrl-C or SIGTERM, then stops every device (each driver's
     shutdown), every process of the lab, and frees the port.
     """
-    from labctl.actors.keeper import AdminLost, Keeper, install_stop_signals
+    from labctl.actors.keeper import Keeper
 
     lab = load_lab(config_file)
     if port is not None:
@@ -110,24 +110,31 @@ def up(config_file: str, detach: bool, no_recover: bool, port: int | None) -> No
         _up_detached(lab, not no_recover)
         return
     keeper = Keeper(lab, recover=not no_recover)
-    install_stop_signals(keeper)
+
+    def started() -> None:
+        status = wait_for_devices(lab.port, keeper)
+        click.echo(formatting.status_table(status))
+        click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}. Ctrl-C stops it.")
+
+    run_in_foreground(keeper, started, f"lab {lab.name}")
+
+
+def run_in_foreground(guard, started, what: str) -> None:
+    """Start a keeper (or node), report, watch until Ctrl-C/SIGTERM, stop it; exit 1 on a lab error."""
+    from labctl.actors.keeper import install_stop_signals
+
+    install_stop_signals(guard)
     code = 0
     try:
-        keeper.start()
-        status = wait_for_devices(lab.port, keeper)
-        if status is not None:
-            click.echo(formatting.status_table(status))
-            click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}. Ctrl-C stops it.")
-        keeper.watch()
-    except AdminLost as exc:
-        click.echo(f"error: {exc}", err=True)
-        code = 1
-    except LabError as exc:
+        guard.start()
+        started()
+        guard.watch()
+    except LabError as exc:  # AdminLost (--no-recover) among them
         click.echo(f"error: {exc}", err=True)
         code = 1
     finally:
-        elapsed = keeper.stop()
-    click.echo(f"lab {lab.name} stopped in {elapsed:.2f} s", err=True)
+        elapsed = guard.stop()
+    click.echo(f"{what} stopped in {elapsed:.2f} s", err=True)
     sys.exit(code)
 
 
@@ -434,29 +441,19 @@ def node(name: str, leader: str, port: int, bind: str, log_dir: str | None) -> N
     started. Every labctl port takes unauthenticated pickled messages: keep the lab's hosts on a
     network that only they can reach (see the README).
     """
-    from labctl.actors.keeper import install_stop_signals
     from labctl.actors.node import Node
 
     address, _, leader_port = leader.rpartition(":")
     if not address or not leader_port.isdigit():
         raise click.BadParameter(f"expected HOST:PORT, got {leader!r}", param_hint="--leader")
     guard = Node(name, (address, int(leader_port)), port, bind, log_dir or os.path.join("logs", f"node-{name}"))
-    install_stop_signals(guard)
-    code = 0
-    try:
-        guard.start()
-        click.echo(f"host {name} joined the lab at {leader} (listening on {bind}:{port}); Ctrl-C stops it.")
-        guard.watch()
-    except LabError as exc:
-        click.echo(f"error: {exc}", err=True)
-        code = 1
-    finally:
-        elapsed = guard.stop()
-    click.echo(f"host {name} stopped in {elapsed:.2f} s", err=True)
-    sys.exit(code)
+    run_in_foreground(guard, lambda: click.echo(f"host {name} joined the lab at {leader} (listening on "
+                                                f"{bind}:{port}); Ctrl-C stops it."), f"host {name}")
 
 
 cli.add_command(emulate)
+from .run import run  # noqa: E402  (run imports cli's shared options: after they exist)
+cli.add_command(run)
 
 
 def main() -> None:

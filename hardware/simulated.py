@@ -73,7 +73,23 @@ class SimFurnace(TemperatureController):
         return min(100.0, max(0.0, holding + drive))
 
 
-class SimCamera(Camera):
+class _StoredSettings(Camera):
+    """A simulated camera's settings kept in attributes: `_exposure`, `_shape`, `_dtype`."""
+
+    def _do_get_exposure(self) -> float:
+        return self._exposure
+
+    def _do_set_exposure(self, seconds: float) -> None:
+        self._exposure = seconds
+
+    def _do_get_sensor_shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def _do_get_dtype(self) -> str:
+        return self._dtype.name
+
+
+class SimCamera(_StoredSettings):
     """A camera whose images carry their frame number in the first row (pixel [0, 0] == frame)."""
 
     def __init__(self, shape: Iterable[int] = (2048, 2048), dtype: str = "uint16",
@@ -90,18 +106,6 @@ class SimCamera(Camera):
         self._frame = 0
         rows, cols = np.indices(self._shape, dtype=np.int64)
         self._base = ((rows + cols) % max(1, min(np.iinfo(self._dtype).max, 4096))).astype(self._dtype)
-
-    def _do_get_exposure(self) -> float:
-        return self._exposure
-
-    def _do_set_exposure(self, seconds: float) -> None:
-        self._exposure = seconds
-
-    def _do_get_sensor_shape(self) -> tuple[int, int]:
-        return self._shape
-
-    def _do_get_dtype(self) -> str:
-        return self._dtype.name
 
     def _do_acquire(self) -> np.ndarray:
         if self._simulate_exposure:
@@ -246,7 +250,7 @@ class SimFloatingCamera(SimCamera, FloatingDevice):
         return {**super().status(), "serial": self._serial}
 
 
-class StageAwareCamera(Camera):
+class StageAwareCamera(_StoredSettings):
     """A camera that images the part of a large sample lying under its stage's current position."""
 
     def __init__(self, stage: Stage, shape: Iterable[int] = (256, 256), sample_shape: Iterable[int] = (2048, 2048),
@@ -270,18 +274,6 @@ class StageAwareCamera(Camera):
             fraction = (position[axis] - low) / (high - low)
             origin.append(int(round(fraction * (total - size))))
         return origin
-
-    def _do_get_exposure(self) -> float:
-        return self._exposure
-
-    def _do_set_exposure(self, seconds: float) -> None:
-        self._exposure = seconds
-
-    def _do_get_sensor_shape(self) -> tuple[int, int]:
-        return self._shape
-
-    def _do_get_dtype(self) -> str:
-        return self._dtype.name
 
     def _do_acquire(self) -> np.ndarray:
         row, col = self.view_origin()
