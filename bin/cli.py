@@ -454,6 +454,8 @@ def node(name: str, leader: str, port: int, bind: str, log_dir: str | None) -> N
 cli.add_command(emulate)
 from .run import run  # noqa: E402  (run imports cli's shared options: after they exist)
 cli.add_command(run)
+from .repl import repl  # noqa: E402
+cli.add_command(repl)
 
 
 def main() -> None:
