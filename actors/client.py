@@ -196,6 +196,8 @@ class LabClient:
         except UnknownDevice:
             raise AttributeError(f"the lab has no device {name!r}; devices: "
                                  f"{', '.join(self.device_names())}") from None
+        except DeviceUnavailable as exc:  # attribute access must raise AttributeError (hasattr, completion)
+            raise AttributeError(exc.text) from None
 
     def __dir__(self) -> list[str]:
         try:

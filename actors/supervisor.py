@@ -24,7 +24,7 @@ from labctl.config.schema import Lab, Unit
 from . import policy, processes, runstate
 from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
-from .messages import (Deliver, DescribeDevice, DeviceInfo, DeviceNotice, DeviceRequest, Done, Event, Events,
+from .messages import (Deliver, DescribeDevice, DeviceDescription, DeviceInfo, DeviceNotice, DeviceRequest, Done, Event, Events,
                        Failure, GetEvents, GetLabStatus, InitLab, LabStatus, Ping, Pong, ProbeRequest, ProbeResult,
                        Reap, Reply, Request, RestartDevice, StartUnit, StopLab, UnitFailed, UnitReady)
 from .processes import exit_cause
@@ -351,7 +351,10 @@ class Supervisor(Actor):
         elif name in unit.descriptions and unit.state == "running":
             self.send(sender, Reply(request.request_id, unit.descriptions[name]))
         elif unit.state == "running":
-            self.send(sender, self.composite(request.request_id, unit, name))
+            # A factory's own name: described by its parts alone, so that `lab.scope.camera` works.
+            device = self.lab.device(name)
+            parts = tuple(n for n in unit.descriptions if n.startswith(name + "."))
+            self.send(sender, Reply(request.request_id, DeviceDescription(name, device.factory, (), (), parts)))
         else:
             self.send(sender, self.unavailable(request.request_id, unit, name, "DescribeDevice"))
 

@@ -56,7 +56,7 @@ def test_a_missing_unit_fails_alone_and_comes_up_when_plugged_in(lab):
     assert serial(lab, "cam_c") == "C"
 
 
-def test_composite_members_share_a_pid_and_restart_together(lab):
+def test_composite_members_share_a_pid_and_restart_together(lab, client_for):
     lab.write("""
 [devices.scope]
 factory = "labctl.hardware.simulated:stage_aware_camera"
@@ -78,6 +78,9 @@ devices = ["wheel", "light"]
     lab.labctl("send", "scope.stage", "MoveTo", "x", "9000", check=True)
     moved = json.loads(lab.labctl("send", "scope.camera", "Acquire", "--json").stdout)["value"]["image"]
     assert first["mean"] != moved["mean"]  # the camera sees what lies under its stage
+    client = client_for(lab)
+    assert client.scope.stage.move_to("y", 100.0) == 100.0  # a factory's parts through handles
+    assert {"camera", "stage"} <= set(dir(client.scope))
     whole = lab.labctl("send", "scope", "GetStatus")
     assert whole.returncode == 1 and "composite device; address its parts: scope.stage, scope.camera" in whole.stderr
     os.kill(pids["scope.camera"], signal.SIGKILL)
@@ -101,16 +104,22 @@ def test_controller_sub_devices_are_addressable(lab, client_for):
 [devices.lasers]
 driver = "sim-laser-combiner"
 conf = { lasers = { l488 = 488, l561 = 561 } }
+[devices.broken]
+driver = "labtest_drivers:Broken"
+max_restarts = 0
 """)
-    assert lab.up().returncode == 0
+    assert lab.up().returncode == 1
     names = [d["name"] for d in lab.status()["devices"]]
-    assert names == ["lasers", "lasers.l488", "lasers.l561"]
+    assert names == ["lasers", "lasers.l488", "lasers.l561", "broken"]
     assert lab.labctl("send", "lasers.l488", "TurnOn").stdout.strip() == "True"
     assert lab.labctl("send", "lasers.l488", "SetPower", "0.25").stdout.strip() == "0.25"
     client = client_for(lab)
     assert client.lasers.l488.get_is_on() is True
     assert client.lasers.l561.get_is_on() is False
     assert client.device("lasers.l561").get_wavelength() == 561
+    assert not hasattr(client, "broken")  # a failed device: AttributeError (completion relies on it)
+    with pytest.raises(AttributeError, match="broken has failed"):
+        client.broken
     unknown = lab.labctl("send", "lasers.l999", "TurnOn")
     assert unknown.returncode == 1 and "lasers.l488" in unknown.stderr
 
