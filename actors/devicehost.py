@@ -70,6 +70,7 @@ class DeviceHost(PlacedActor):
     # -- construction -----------------------------------------------------------------------
 
     def start(self, message: StartUnit, supervisor) -> None:
+        """Construct the unit's drivers (once) and report ready, or the error and exit."""
         if self.supervisor is not None:
             return  # constructed already; a repeated StartUnit must not open the hardware twice
         self.supervisor, self.unit, self.incarnation = supervisor, message.unit, message.incarnation
@@ -94,6 +95,7 @@ class DeviceHost(PlacedActor):
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
 
     def construct(self, spec, candidate: int | None, run_dir: str) -> None:
+        """Build one configured device's driver (its emulator first, if it has one)."""
         conf = spec.fresh_conf()
         if spec.emulator is not None:
             from labctl.hardware.emulators import make_emulator
@@ -124,12 +126,14 @@ class DeviceHost(PlacedActor):
         self.adopt(spec.name, driver)
 
     def adopt(self, name: str, driver: Device) -> None:
+        """Register a constructed driver and its sub-devices under their names."""
         self.owned.append((name, driver))
         self.drivers[name] = driver
         for sub, part in driver.sub_devices().items():
             self.drivers[f"{name}.{sub}"] = part
 
     def release(self) -> None:
+        """Shut down every driver (newest first) and emulator; never raises."""
         for name, driver in reversed(self.owned):
             with logs.driving(name):
                 try:
@@ -146,12 +150,14 @@ class DeviceHost(PlacedActor):
         self.emulators.clear()
 
     def stop(self) -> None:
+        """On ActorExitRequest: release the hardware before Thespian ends the process."""
         log.info("stopping: shutting down %s", ", ".join(name for name, _ in self.owned) or "nothing")
         self.release()
 
     # -- requests ---------------------------------------------------------------------------
 
     def deliver(self, message: Deliver) -> None:
+        """Answer one delivered request to its client, then tell the supervisor it is done."""
         request = message.request
         self.last_heard = time.monotonic()
         reply = self.handle(request)
@@ -160,6 +166,7 @@ class DeviceHost(PlacedActor):
         self.last_heard = time.monotonic()
 
     def handle(self, request) -> Reply | Failure:
+        """Run a request against its driver: the reply, or a failure; never raises."""
         name, rid = request.device, request.request_id
         driver = self.drivers.get(name)
         if driver is None:
@@ -196,6 +203,7 @@ class DeviceHost(PlacedActor):
     # -- links, notices, watchdog -----------------------------------------------------------
 
     def notice(self, device: str, event: str, detail: dict) -> None:
+        """Forward a device's change (or link loss or recovery) to the supervisor."""
         self.send(self.supervisor, DeviceNotice(self.unit, device, event, dict(detail)))
 
     def owner_of(self, name: str) -> tuple[str, Device]:
@@ -206,6 +214,7 @@ class DeviceHost(PlacedActor):
         return name, self.drivers[name]
 
     def link_lost(self, name: str, exc: Exception) -> None:
+        """Mark a device degraded after a LinkError and schedule reconnection."""
         owner, _ = self.owner_of(name)
         if owner in self.degraded:
             return
@@ -215,6 +224,7 @@ class DeviceHost(PlacedActor):
         self.wakeupAfter(timedelta(seconds=RECONNECT_FIRST_S), payload=("reconnect", owner))
 
     def try_reconnect(self, name: str) -> bool:
+        """Try once to reopen a degraded device's link; True when it is back."""
         owner, driver = self.owner_of(name)
         if owner not in self.degraded:
             return True
@@ -231,6 +241,7 @@ class DeviceHost(PlacedActor):
         return True
 
     def wakeup(self, payload) -> None:
+        """Timers: the watchdog on the supervisor, and reconnection attempts."""
         if payload == "watchdog":
             silent = time.monotonic() - self.last_heard
             if silent > self.watchdog_s:
@@ -282,6 +293,7 @@ def _params(method) -> tuple:
 
 
 def unknown_method_text(name: str, driver: Device, method_name: str, request) -> str:
+    """The error text for a method or message a driver does not have."""
     accepted = sorted({MESSAGE_FOR_METHOD[m].__name__ for m in remote_methods(driver) if m in MESSAGE_FOR_METHOD})
     if isinstance(request, Call):
         return (f"{name} ({type(driver).__name__}) has no method {method_name!r}; "

@@ -71,6 +71,7 @@ class Keeper:
         self.start_supervisor()
 
     def start_supervisor(self) -> None:
+        """Create the supervisor, hand it the lab, and write the run record."""
         self.supervisor = self.system.createActor("labctl.actors.supervisor.Supervisor", globalName=SUPERVISOR_NAME)
         reply = self.system.ask(self.supervisor, InitLab(request_id=uuid.uuid4().hex, lab=self.lab,
                                                          keeper_pid=os.getpid(), incarnation=self.incarnation),
@@ -120,6 +121,7 @@ class Keeper:
                 self.supervisor_died()
 
     def supervisor_died(self) -> None:
+        """Replace a dead supervisor once every process of the old one is gone."""
         self.log.error("the supervisor (pid %d) died; starting a new one", self.record.supervisor_pid)
         # Its device hosts die with it (parent-death signal); make sure, before new ones open the hardware.
         orphans = [pid for pid in self.record.lab_processes()
@@ -132,6 +134,7 @@ class Keeper:
         self.start_supervisor()
 
     def admin_died(self) -> None:
+        """Clear a dead admin's processes and port, then start the lab again (or raise AdminLost)."""
         self.log.error("the admin (pid %d) died", self.record.admin_pid)
         self.clear_leftovers()
         if not self.recover:
@@ -143,6 +146,7 @@ class Keeper:
         self.start()
 
     def clear_leftovers(self) -> None:
+        """Kill whatever is left of the lab on this host and wait for its port to be free."""
         processes.kill_all(self.record.lab_processes(), timeout=2.0)
         processes.reap_children()
         if not processes.wait_port_free(self.lab.port, self.lab.bind, timeout=2.0):

@@ -55,9 +55,11 @@ class LabRecord:
                 if pid != os.getpid() and (not self.admin_cmdline or processes.cmdline(pid) == self.admin_cmdline)]
 
     def keeper_alive(self) -> bool:
+        """Whether the recorded keeper process runs."""
         return processes.is_alive(self.keeper_pid)
 
     def admin_alive(self) -> bool:
+        """Whether the recorded admin process runs."""
         return processes.is_alive(self.admin_pid)
 
 

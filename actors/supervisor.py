@@ -115,6 +115,7 @@ class Supervisor(Actor):
                                           message.device))
 
     def dispatch(self, message, sender) -> None:
+        """Route one message to its handler."""
         if isinstance(message, DeviceRequest):
             self.route(message, sender) if self.ready_for(message, sender) else None
         elif isinstance(message, Done):
@@ -146,6 +147,7 @@ class Supervisor(Actor):
             log.warning("a message could not be handled by its receiver: %r", message.poisonMessage)
 
     def ready_for(self, request: Request, sender) -> bool:
+        """True once the lab is known; otherwise answer the request 'not ready'."""
         if self.lab is None:
             self.send(sender, Failure(request.request_id, "not_ready", "LabNotReady",
                                       "the lab on this port is still starting; try again in a moment",
@@ -154,6 +156,7 @@ class Supervisor(Actor):
         return True
 
     def admin_request(self, request: Request, sender) -> None:
+        """Answer a request addressed to the lab rather than to a device."""
         if isinstance(request, GetLabStatus):
             self.send(sender, self.status(request.request_id))
         elif isinstance(request, GetEvents):
@@ -171,6 +174,7 @@ class Supervisor(Actor):
     # -- start-up ---------------------------------------------------------------------------
 
     def init_lab(self, message: InitLab, sender) -> None:
+        """Take the lab from the keeper and start every unit (a repeat only updates the keeper)."""
         if self.lab is None:
             self.lab, self.keeper_pid = message.lab, message.keeper_pid
             self.run_dir = str(runstate.lab_dir(self.lab.port))
@@ -217,6 +221,7 @@ class Supervisor(Actor):
         self.after(sup.init_timeout_s, ("init_timeout", unit.name, unit.incarnation))
 
     def probe(self, unit: UnitState, floating: list) -> None:
+        """Start one Prober per floating device of a unit, on the device's host."""
         unit.pending_probes = {}
         for device in floating:
             prober = self.createActor(Prober, targetActorRequirements={HOST_CAPABILITY: device.host})
@@ -226,6 +231,7 @@ class Supervisor(Actor):
             self.send(prober, ProbeRequest(key, device.driver, device.fresh_conf()))
 
     def probe_result(self, result: ProbeResult) -> None:
+        """Collect probe results; launch the unit once every uid is found, else fail and retry."""
         unit_name, device_name, token = result.key.split("/")
         unit = self.units.get(unit_name)
         if unit is None or result.key not in unit.pending_probes or int(token) != unit.start_token:
@@ -259,6 +265,7 @@ class Supervisor(Actor):
         self.after(delay, ("launch", unit.name, unit.start_token))
 
     def unit_ready(self, message: UnitReady) -> None:
+        """A unit's drivers are up: running, heartbeats start."""
         unit = self.units.get(message.unit)
         if unit is None or unit.incarnation != message.incarnation or unit.address is None:
             return
@@ -276,6 +283,7 @@ class Supervisor(Actor):
         self.after(unit.spec.supervision.heartbeat_s, ("beat", unit.name, unit.incarnation))
 
     def unit_failed(self, message: UnitFailed) -> None:
+        """Keep why a unit's drivers could not be constructed (its process exits next)."""
         unit = self.units.get(message.unit)
         if unit is None or unit.incarnation != message.incarnation:
             return
@@ -286,6 +294,7 @@ class Supervisor(Actor):
     # -- requests ---------------------------------------------------------------------------
 
     def route(self, request: DeviceRequest, sender) -> None:
+        """Deliver a device request to its unit's process, or answer at once why not."""
         name = request.device
         unit = self.units.get(self.unit_of.get(name, ""))
         if unit is None:
@@ -308,6 +317,7 @@ class Supervisor(Actor):
         self.send(unit.address, Deliver(request, sender))
 
     def unavailable(self, request_id: str, unit: UnitState, device: str, what: str) -> Failure:
+        """The failure for a request to a unit that is not running."""
         if unit.state == "failed":
             text = f"{device} has failed: {unit.last_error}; {what} was not sent"
         elif unit.state == "stopped":
@@ -317,14 +327,17 @@ class Supervisor(Actor):
         return Failure(request_id, unit.state, "DeviceUnavailable", text, device)
 
     def composite(self, request_id: str, unit: UnitState, name: str) -> Failure:
+        """The failure for a request addressed to a factory's own name."""
         parts = ", ".join(n for n in unit.descriptions if n.startswith(name + ".")) or "none"
         return Failure(request_id, "unknown_device", "UnknownDevice",
                        f"{name} is a composite device; address its parts: {parts}", name)
 
     def device_names(self) -> list[str]:
+        """Every addressable device name, sub-devices included."""
         return list(self.unit_of)
 
     def status(self, request_id: str) -> LabStatus:
+        """The registry as LabStatus, one line per device and sub-device."""
         now = time.monotonic()
         infos = []
         for unit in self.units.values():
@@ -343,6 +356,7 @@ class Supervisor(Actor):
                          self.keeper_pid)
 
     def describe(self, request: DescribeDevice, sender) -> None:
+        """Answer DescribeDevice from the descriptions units sent when ready."""
         name = request.device
         unit = self.units.get(self.unit_of.get(name, ""))
         if unit is None:
@@ -359,6 +373,7 @@ class Supervisor(Actor):
             self.send(sender, self.unavailable(request.request_id, unit, name, "DescribeDevice"))
 
     def get_events(self, request: GetEvents, sender) -> None:
+        """Answer GetEvents now, or hold it until an event comes or `wait_s` passes."""
         newer = tuple(e for e in self.events if e.seq > request.since)
         if newer or request.wait_s <= 0:
             self.send(sender, Events(request.request_id, newer, self.seq))
@@ -368,6 +383,7 @@ class Supervisor(Actor):
         self.after(request.wait_s, ("events", self.waiter_token))
 
     def restart_by_hand(self, request: RestartDevice, sender) -> None:
+        """`labctl restart`: clear the unit's history and restart it now."""
         unit = self.units.get(self.unit_of.get(request.device, ""))
         if unit is None:
             self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
@@ -388,6 +404,7 @@ class Supervisor(Actor):
         self.send(sender, Reply(request.request_id, f"{unit.name} restarting"))
 
     def stop_lab(self, request: StopLab, sender) -> None:
+        """Stop every unit; StopLab is answered once all have exited."""
         self.stopping = True
         self.stop_waiters.append((sender, request.request_id))
         for prober, _ in self.probers:
@@ -401,6 +418,7 @@ class Supervisor(Actor):
         self.check_stopped()
 
     def check_stopped(self) -> None:
+        """Answer pending StopLab requests once no unit has a process."""
         if self.stopping and all(u.address is None for u in self.units.values()):
             for sender, request_id in self.stop_waiters:
                 self.send(sender, Reply(request_id, "stopped"))
@@ -434,6 +452,7 @@ class Supervisor(Actor):
         self.child_exited(unit.address)
 
     def child_exited(self, address) -> None:
+        """A process ended: a unit's (decide what follows) or a prober's."""
         probe = next(((a, k) for a, k in self.probers if a == address), None)
         if probe is not None:
             self.probers.remove(probe)
@@ -480,6 +499,7 @@ class Supervisor(Actor):
         self.fail_inflight(unit, cause)
 
     def after_exit(self, unit: UnitState, normal: bool) -> None:
+        """Apply the restart policy to a unit that ended on its own."""
         sup = unit.spec.supervision
         if not policy.should_restart(sup.restart, normal):
             self.settle(unit, "stopped" if normal else "failed",
@@ -513,6 +533,7 @@ class Supervisor(Actor):
                 self.schedule_launch(unit, delay)
 
     def schedule_launch(self, unit: UnitState, delay: float) -> None:
+        """Launch a unit after `delay` seconds (at once when 0)."""
         unit.start_token += 1
         unit.state = "restarting"
         if delay <= 0:
@@ -540,6 +561,7 @@ class Supervisor(Actor):
                 "and may or may not have taken effect", flight.device))
 
     def beat(self, unit: UnitState) -> None:
+        """One heartbeat: count an unanswered ping as a miss, kill after too many, ping again."""
         sup = unit.spec.supervision
         if unit.pong_seq >= unit.ping_seq:
             unit.misses = 0
@@ -558,6 +580,7 @@ class Supervisor(Actor):
         return any(f.unit == unit.name and f.limit and now - f.started < f.limit for f in self.inflight.values())
 
     def device_notice(self, notice: DeviceNotice) -> None:
+        """Record a device's own change, or its link going down or coming back."""
         unit = self.units.get(notice.unit)
         if unit is None:
             return
@@ -571,9 +594,11 @@ class Supervisor(Actor):
     # -- time -------------------------------------------------------------------------------
 
     def after(self, seconds: float, payload) -> None:
+        """Wake this actor after `seconds` with `payload`."""
         self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=payload)
 
     def wakeup(self, payload) -> None:
+        """Timers: launches, heartbeats, time limits, init and stop timeouts, event waiters."""
         kind = payload[0]
         if kind == "events":
             waiter = self.waiters.pop(payload[1], None)
@@ -610,6 +635,7 @@ class Supervisor(Actor):
             self.event(device.name, kind, **detail)
 
     def event(self, device: str, kind: str, **detail) -> None:
+        """Record one event, log it, and answer every waiting GetEvents."""
         self.seq += 1
         event = Event(self.seq, time.time(), device, kind, detail)
         self.events.append(event)

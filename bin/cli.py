@@ -47,6 +47,7 @@ def resolve_port(port: int | None, config_file: str | None) -> int:
 
 
 def load_lab(path: str):
+    """The validated lab at `path`, or its problems on stderr and exit 1."""
     try:
         return load(path)
     except ConfigError as exc:
@@ -55,6 +56,7 @@ def load_lab(path: str):
 
 
 def open_client(port: int, timeout: float = 10.0) -> LabClient:
+    """A client for the lab on `port`, or a clear error and exit 1."""
     try:
         return connect(port, timeout=timeout)
     except LabNotRunning:
@@ -62,6 +64,7 @@ def open_client(port: int, timeout: float = 10.0) -> LabClient:
 
 
 def fail(message: str) -> None:
+    """Print `error: message` on stderr and exit 1."""
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -337,6 +340,7 @@ def send(device: str, message: str, args: tuple[str, ...], port: int | None, con
 
 
 def unknown_message_text(client: LabClient, device: str, message: str) -> str:
+    """The error for an unknown message name: what the device accepts, and a guess."""
     try:
         accepted = client.describe(device).accepts()
     except UnknownDevice as exc:
