@@ -259,8 +259,11 @@ class Supervisor(Actor):
         """A unit that cannot start yet (unit not plugged in, host absent): failed, retried with back-off."""
         delay = policy.backoff_delay(unit.probe_attempts, PROBE_FIRST_S, unit.spec.supervision.probe_backoff_max_s)
         unit.probe_attempts += 1
-        unit.state, unit.last_error = "failed", reason
-        self.emit(unit, "failed", reason=reason, retry_in_s=round(delay, 3))
+        if unit.state == "failed" and unit.last_error == reason:
+            log.debug("%s: still %s; next try in %.1f s", unit.name, reason, delay, extra={"device": unit.name})
+        else:  # say it once, not at every retry
+            unit.state, unit.last_error = "failed", reason
+            self.emit(unit, "failed", reason=reason, retry_in_s=round(delay, 3))
         unit.start_token += 1
         self.after(delay, ("launch", unit.name, unit.start_token))
 
