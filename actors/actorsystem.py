@@ -11,9 +11,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from datetime import timedelta
 from pathlib import Path
 
-from thespian.actors import Actor, ActorSystem
+from thespian.actors import Actor, ActorSystem, InvalidActorAddress
 
 from . import processes
 from .errors import LabNotRunning
@@ -30,6 +31,7 @@ EXIT_CODES: dict[int, int | None] = {}
 
 _hardened = False
 _attach_only = threading.local()
+_attach_lock = threading.Lock()
 _close_in_children: set[int] = set()
 
 
@@ -125,16 +127,29 @@ def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, lo
     return ActorSystem(BASE, capabilities, logDefs=log_defs, transientUnique=True)
 
 
-def attach(port: int, address: str = "127.0.0.1") -> ActorSystem:
-    """Attach to the admin on `port`, never starting one; LabNotRunning when none answers."""
+def attach(port: int, address: str = "127.0.0.1", timeout: float = 2.0) -> ActorSystem:
+    """Attach to the admin on `port`, never starting one; LabNotRunning when none answers in time."""
     harden(address)
     if not processes.port_answers(port, address):
         raise LabNotRunning(f"no lab is running on port {port}")
-    _attach_only.on = True
-    try:
-        return ActorSystem(BASE, {"Admin Port": port}, logDefs=QUIET_LOGS, transientUnique=True)
-    finally:
-        _attach_only.on = False
+    import thespian.system.systemBase as system_base
+
+    # Thespian retries an admin that does not answer for ~11 s (MAX_SYSTEM_SHUTDOWN_DELAY + 1 s, in
+    # steps of MAX_ADMIN_STATUS_REQ_DELAY); a client gives it its own timeout instead.
+    with _attach_lock:
+        saved = system_base.MAX_SYSTEM_SHUTDOWN_DELAY, system_base.MAX_ADMIN_STATUS_REQ_DELAY
+        system_base.MAX_SYSTEM_SHUTDOWN_DELAY = timedelta(0)
+        # It asks twice, with a 0.5 s pause: two asks of timeout/2.5 each fit the timeout.
+        system_base.MAX_ADMIN_STATUS_REQ_DELAY = timedelta(seconds=max(0.2, min(timeout / 2.5, 2.0)))
+        _attach_only.on = True
+        try:
+            return ActorSystem(BASE, {"Admin Port": port}, logDefs=QUIET_LOGS, transientUnique=True)
+        except InvalidActorAddress:
+            raise LabNotRunning(f"something listens on port {port} but no lab's admin answers "
+                                "(a hung lab, or another program)") from None
+        finally:
+            _attach_only.on = False
+            system_base.MAX_SYSTEM_SHUTDOWN_DELAY, system_base.MAX_ADMIN_STATUS_REQ_DELAY = saved
 
 
 # Clients pass this when attaching; it is used only if Thespian had to start something itself.

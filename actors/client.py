@@ -57,7 +57,7 @@ class LabClient:
         self.port = port
         self.address = address
         self.timeout = timeout
-        self._system = attach(port, address)
+        self._system = attach(port, address, timeout)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._supervisor_address = None

@@ -1,33 +1,37 @@
 """DeviceHost: the actor (one OS process) that owns one device's driver, or a shared group's.
 
-It constructs its drivers on `StartUnit`, never in `__init__` (an exception there would kill the
-process silently), turns requests into driver calls, and catches every driver exception itself:
-an exception escaping `receiveMessage` would make Thespian deliver the same message again, and an
+It reports its pid, then constructs its drivers when the supervisor says so, never in `__init__`
+(an exception there would kill the process silently). Requests are queued and run one at a time,
+in order, on a worker thread (see drivercalls), so this actor's own thread stays free to answer
+heartbeats and send replies while a call blocks. The host times each call from its real start: a
+call past its time limit (declared with `time_limit`, else heartbeat_s x heartbeat_misses) is
+reported to the supervisor as hung, and heartbeats stop, so the process is killed. No driver
+exception ever escapes `receiveMessage`: Thespian would deliver the same message again, and an
 actuation would happen twice.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import signal
 import time
 import traceback
+from collections import deque
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
-from labctl.hardware import Device, LinkError, NotPresent, ValveController, declared_time_limits, remote_methods
-from labctl.hardware import interfaces as hw_interfaces
+from labctl.hardware import Device, NotPresent, time_limit_of
 
 from . import logs
 from .actorsystem import PlacedActor
-from .messages import (MESSAGE_FOR_METHOD, Call, DeviceDescription, DeviceNotice, Deliver, DeviceRequest, Done,
-                       Failure, Image, MethodInfo, Ping, Pong, Reply, StartUnit, UnitFailed, UnitReady)
+from .drivercalls import Job, Outcome, Worker, check, describe, image
+from .messages import (Construct, Deliver, DeviceNotice, Done, Failure, Hung, Ping, Pong, Reply, StartUnit,
+                       UnitFailed, UnitReady, UnitStarted)
 
 log = logging.getLogger("labctl.devicehost")
 
@@ -43,54 +47,84 @@ class DeviceHost(PlacedActor):
         self.unit = ""
         self.incarnation = 0
         self.supervisor = None
+        self.spec: StartUnit | None = None
         self.drivers: dict[str, Device] = {}        # every addressable name, sub-devices included
         self.owned: list[tuple[str, Device]] = []   # what to shut down, in construction order
-        self.emulators: list[Any] = []
+        self.emulators: list = []
         self.degraded: dict[str, int] = {}          # device -> reconnect attempts so far
         self.frames: dict[str, int] = {}            # device -> images acquired, the frame counter
+        self.worker: Worker | None = None
+        self.pending: deque[Deliver] = deque()
+        self.current: Job | None = None             # what the worker is doing now
+        self.jobs = 0
+        self.hung = False
         self.last_heard = time.monotonic()
-        self.watchdog_s = 30.0
 
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, Deliver):
-                self.deliver(message)
+                self.pending.append(message)
+                self.next_job()
+            elif isinstance(message, WatchMessage):
+                self.collect()
             elif isinstance(message, Ping):
                 self.last_heard = time.monotonic()
-                self.send(sender, Pong(self.unit, self.incarnation, message.seq))
+                if not self.hung:  # a hung call: fall silent, so that the supervisor kills the process
+                    self.send(sender, Pong(self.unit, self.incarnation, message.seq))
             elif isinstance(message, WakeupMessage):
                 self.wakeup(message.payload)
             elif isinstance(message, StartUnit):
                 self.start(message, sender)
+            elif isinstance(message, Construct):
+                self.build(message)
             elif isinstance(message, ActorExitRequest):
                 self.stop()
         except Exception:  # never let anything escape: Thespian would re-deliver the message
             log.exception("device host %s: unexpected error handling %s", self.unit, type(message).__name__)
+        # The worker's pipe is watched along with the mailbox (Thespian resets the watch each time).
+        return ThespianWatch([self.worker.wake_r]) if self.worker is not None else None
 
     # -- construction -----------------------------------------------------------------------
 
     def start(self, message: StartUnit, supervisor) -> None:
-        """Construct the unit's drivers (once) and report ready, or the error and exit."""
+        """Learn what to run and report this process's pid; construction waits for Construct."""
         if self.supervisor is not None:
-            return  # constructed already; a repeated StartUnit must not open the hardware twice
-        self.supervisor, self.unit, self.incarnation = supervisor, message.unit, message.incarnation
+            return  # a repeated StartUnit must not open the hardware twice
+        self.supervisor, self.unit, self.incarnation, self.spec = supervisor, message.unit, message.incarnation, message
         logs.tag_records_with_device(message.unit)
-        self.watchdog_s = max(10.0, message.heartbeat_s * (message.heartbeat_misses + 2) * 3)
+        # Reported before any hardware is opened, so that a constructor that hangs can be killed by
+        # pid, on any host. Waiting for the answer also makes sure this message has left: one sent
+        # just before a blocking call may not, on a connection not yet used.
+        self.send(supervisor, UnitStarted(self.unit, self.incarnation, os.getpid()))
+
+    def build(self, message: Construct) -> None:
+        """Construct the unit's drivers and report ready, or the error and exit."""
+        spec = self.spec
+        if spec is None or message.incarnation != self.incarnation or self.owned:
+            return
+        # A constructor stuck in a blocking call is ended by the kernel: SIGALRM's default action
+        # terminates the process, whatever the Python code is doing.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, spec.init_timeout_s)
         try:
-            for spec in message.devices:
-                with logs.driving(spec.name):
-                    self.construct(spec, message.candidates.get(spec.name), message.run_dir)
+            for device in spec.devices:
+                with logs.driving(device.name):
+                    self.construct(device, spec.candidates.get(device.name), spec.run_dir)
         except Exception as exc:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             log.error("construction failed: %s: %s", type(exc).__name__, exc)
             self.release()
-            self.send(supervisor, UnitFailed(self.unit, self.incarnation, os.getpid(), type(exc).__name__,
-                                             str(exc), traceback.format_exc()))
+            self.send(self.supervisor, UnitFailed(self.unit, self.incarnation, os.getpid(), type(exc).__name__,
+                                                  str(exc), traceback.format_exc()))
             self.send(self.myAddress, ActorExitRequest())
             return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self.worker = Worker()
         for name, driver in list(self.drivers.items()):
-            driver.subscribe(lambda event, detail, name=name: self.notice(name, event, detail))
+            # Drivers report changes from the worker thread: hand them over to be sent from here.
+            driver.subscribe(lambda event, detail, name=name: self.worker.post((name, event, dict(detail))))
         descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
-        self.send(supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions))
+        self.send(self.supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions))
         self.wakeupAfter(timedelta(seconds=self.watchdog_s), payload="watchdog")
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
 
@@ -150,99 +184,129 @@ class DeviceHost(PlacedActor):
         self.emulators.clear()
 
     def stop(self) -> None:
-        """On ActorExitRequest: release the hardware before Thespian ends the process."""
+        """On ActorExitRequest: let a running call finish (briefly), then release the hardware."""
+        if self.worker is not None and not self.worker.stop(self.spec.stop_timeout_s * 0.8 if self.spec else 0.5):
+            log.error("%s is still running; its drivers cannot be shut down cleanly",
+                      self.current.method if self.current else "a call")
+            return
         log.info("stopping: shutting down %s", ", ".join(name for name, _ in self.owned) or "nothing")
         self.release()
 
     # -- requests ---------------------------------------------------------------------------
 
-    def deliver(self, message: Deliver) -> None:
-        """Answer one delivered request to its client, then tell the supervisor it is done."""
-        request = message.request
-        self.last_heard = time.monotonic()
-        reply = self.handle(request)
-        self.send(message.reply_to, reply)
-        self.send(self.supervisor, Done(self.unit, request.request_id))
-        self.last_heard = time.monotonic()
+    @property
+    def default_limit(self) -> float:
+        """How long a call without a declared time limit may block: the heartbeats' tolerance."""
+        return self.spec.heartbeat_s * self.spec.heartbeat_misses
 
-    def handle(self, request) -> Reply | Failure:
-        """Run a request against its driver: the reply, or a failure; never raises."""
-        name, rid = request.device, request.request_id
-        driver = self.drivers.get(name)
-        if driver is None:
-            return Failure(rid, "unknown_device", "UnknownDevice",
-                           f"no device {name!r} in this process; it has: {', '.join(self.drivers)}", name)
-        if not isinstance(request, DeviceRequest):
-            return Failure(rid, "unknown_message", "UnknownMessage", f"{type(request).__name__} is not a device "
-                                                                     "request", name)
-        method_name, args, kwargs = request.call()
-        methods = remote_methods(driver)
-        method = methods.get(method_name)
-        if method is None:
-            return Failure(rid, "unknown_message", "UnknownMessage", unknown_method_text(name, driver, method_name,
-                                                                                         request), name)
-        try:
-            inspect.signature(method).bind(*args, **kwargs)
-        except TypeError as exc:
-            return Failure(rid, "bad_argument", "TypeError", f"{name}.{method_name}: {exc}", name)
-        if name in self.degraded:
-            self.try_reconnect(name)
-        with logs.driving(name):
+    @property
+    def watchdog_s(self) -> float:
+        """How long without a heartbeat before this host decides its supervisor is gone."""
+        return max(3.0, self.spec.heartbeat_s * (self.spec.heartbeat_misses + 2))
+
+    def next_job(self) -> None:
+        """Hand the next request to the worker if it is free; answer at once those that cannot run."""
+        while self.current is None and self.pending and not self.hung:
+            deliver = self.pending.popleft()
+            request = deliver.request
+            checked = check(self.drivers, request)
+            if isinstance(checked, Failure):
+                self.answer(deliver.reply_to, checked, request.request_id)
+                continue
+            driver, args, kwargs = checked
             try:
-                value = method(*args, **kwargs)
+                limit = time_limit_of(driver, request.call()[0], args, kwargs) or self.default_limit
             except Exception as exc:
-                if isinstance(exc, LinkError):
-                    self.link_lost(name, exc)
-                log.warning("%s(%s) failed: %s: %s", method_name, _args_text(args, kwargs), type(exc).__name__, exc)
-                return Failure(rid, "driver_error", type(exc).__name__, str(exc), name, traceback.format_exc())
-        if isinstance(value, np.ndarray):
-            self.frames[name] = self.frames.get(name, 0) + 1
-            return Reply(rid, Image(value, self.frames[name], time.time()))
-        return Reply(rid, plain(value))
+                self.answer(deliver.reply_to, Failure(request.request_id, "driver_error", type(exc).__name__,
+                                                      f"{request.device}: its time limit could not be worked out: "
+                                                      f"{exc}", request.device), request.request_id)
+                continue
+            owner = self.owner_of(request.device)
+            self.run(Job(0, request.device, driver, request, deliver.reply_to, args, kwargs, limit,
+                         reconnect_first=owner in self.degraded))
 
-    # -- links, notices, watchdog -----------------------------------------------------------
+    def run(self, job: Job) -> None:
+        """Start a job on the worker and the clock on its time limit."""
+        self.jobs += 1
+        job.id, job.started = self.jobs, time.monotonic()
+        self.current = job
+        self.worker.submit(job)
+        self.wakeupAfter(timedelta(seconds=job.limit), payload=("limit", job.id))
 
-    def notice(self, device: str, event: str, detail: dict) -> None:
-        """Forward a device's change (or link loss or recovery) to the supervisor."""
-        self.send(self.supervisor, DeviceNotice(self.unit, device, event, dict(detail)))
+    def collect(self) -> None:
+        """The worker finished something, or a device reported a change: act on it."""
+        for item in self.worker.collect():
+            if isinstance(item, Outcome):
+                self.finished(item)
+            else:
+                device, event, detail = item
+                self.send(self.supervisor, DeviceNotice(self.unit, device, event, detail))
+        self.next_job()
 
-    def owner_of(self, name: str) -> tuple[str, Device]:
-        """The constructed driver that `name` belongs to (itself, or the controller of a sub-device)."""
-        for owner, driver in self.owned:
+    def finished(self, outcome: Outcome) -> None:
+        """Send a finished call's reply; follow its link going down or coming back."""
+        job = outcome.job
+        if self.current is not None and self.current.id == job.id:
+            self.current = None
+        owner = self.owner_of(job.device)
+        if outcome.link == "restored" and owner in self.degraded:
+            attempts = self.degraded.pop(owner) + 1
+            with logs.driving(owner):
+                log.info("link restored after %d attempts", attempts)
+            self.send(self.supervisor, DeviceNotice(self.unit, owner, "recovered", {"attempts": attempts}))
+        elif outcome.link == "lost":
+            self.link_lost(owner, outcome.detail)
+        elif job.request is None:  # a reconnect attempt that failed
+            self.degraded[owner] = self.degraded.get(owner, 0) + 1
+            delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** self.degraded[owner])
+            with logs.driving(owner):
+                log.info("reconnect attempt %d failed: %s", self.degraded[owner], outcome.detail)
+            self.wakeupAfter(timedelta(seconds=delay), payload=("reconnect", owner))
+        if job.request is not None:
+            reply = outcome.reply
+            if isinstance(reply, Reply) and isinstance(reply.value, np.ndarray):
+                self.frames[job.device] = self.frames.get(job.device, 0) + 1
+                reply = image(reply, self.frames[job.device])
+            self.answer(job.reply_to, reply, job.request.request_id)
+
+    def answer(self, reply_to, reply: Reply | Failure, request_id: str) -> None:
+        """Send a reply to its client and tell the supervisor the request is done."""
+        try:
+            self.send(reply_to, reply)
+        finally:
+            self.send(self.supervisor, Done(self.unit, request_id))
+
+    # -- links, watchdog --------------------------------------------------------------------
+
+    def owner_of(self, name: str) -> str:
+        """The configured device that `name` belongs to (itself, or the controller of a sub-device)."""
+        for owner, _ in self.owned:
             if name == owner or name.startswith(owner + "."):
-                return owner, driver
-        return name, self.drivers[name]
+                return owner
+        return name
 
-    def link_lost(self, name: str, exc: Exception) -> None:
+    def link_lost(self, owner: str, error: str) -> None:
         """Mark a device degraded after a LinkError and schedule reconnection."""
-        owner, _ = self.owner_of(name)
         if owner in self.degraded:
             return
         self.degraded[owner] = 0
-        log.warning("link lost: %s; reconnecting in the background", exc)
-        self.notice(owner, "degraded", {"error": str(exc)})
+        with logs.driving(owner):
+            log.warning("link lost: %s; reconnecting in the background", error)
+        self.send(self.supervisor, DeviceNotice(self.unit, owner, "degraded", {"error": error}))
         self.wakeupAfter(timedelta(seconds=RECONNECT_FIRST_S), payload=("reconnect", owner))
 
-    def try_reconnect(self, name: str) -> bool:
-        """Try once to reopen a degraded device's link; True when it is back."""
-        owner, driver = self.owner_of(name)
-        if owner not in self.degraded:
-            return True
-        with logs.driving(owner):
-            try:
-                driver.reconnect()
-            except Exception as exc:
-                self.degraded[owner] += 1
-                log.info("reconnect attempt %d failed: %s", self.degraded[owner], exc)
-                return False
-        attempts = self.degraded.pop(owner)
-        log.info("link restored after %d attempts", attempts + 1)
-        self.notice(owner, "recovered", {"attempts": attempts + 1})
-        return True
-
     def wakeup(self, payload) -> None:
-        """Timers: the watchdog on the supervisor, and reconnection attempts."""
-        if payload == "watchdog":
+        """Timers: call time limits, the watchdog on the supervisor, reconnection attempts."""
+        if isinstance(payload, tuple) and payload[0] == "limit":
+            job = self.current
+            if job is not None and job.id == payload[1] and not self.hung:
+                self.hung = True
+                with logs.driving(job.device):
+                    log.error("%s has run %.1f s, past its time limit of %g s: hung", job.method,
+                              time.monotonic() - job.started, job.limit)
+                self.send(self.supervisor, Hung(self.unit, self.incarnation, job.method, job.limit,
+                                                job.request.request_id if job.request else ""))
+        elif payload == "watchdog":
             silent = time.monotonic() - self.last_heard
             if silent > self.watchdog_s:
                 # The supervisor is gone (a remote host's parent-death signal cannot reach us).
@@ -252,55 +316,10 @@ class DeviceHost(PlacedActor):
                 self.wakeupAfter(timedelta(seconds=self.watchdog_s), payload="watchdog")
         elif isinstance(payload, tuple) and payload[0] == "reconnect":
             owner = payload[1]
-            if owner in self.degraded and not self.try_reconnect(owner):
-                delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** self.degraded[owner])
-                self.wakeupAfter(timedelta(seconds=delay), payload=("reconnect", owner))
-
-
-def plain(value: Any) -> Any:
-    """A driver's result with numpy scalars made Python ones (arrays travel inside an Image)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def describe(name: str, driver: Device) -> DeviceDescription:
-    """What a driver is and what a client may ask of it."""
-    interfaces = tuple(cls.__name__ for cls in type(driver).__mro__
-                       if cls.__module__ == hw_interfaces.__name__ and cls.__name__ != "ABC")
-    methods = []
-    for method_name, method in sorted(remote_methods(driver).items()):
-        message = MESSAGE_FOR_METHOD.get(method_name)
-        methods.append(MethodInfo(method_name, _params(method), inspect.getdoc(method) or "",
-                                  message.__name__ if message else Call.__name__))
-    valves = driver.describe_valves() if isinstance(driver, ValveController) else {}
-    return DeviceDescription(name, type(driver).__name__, interfaces, tuple(methods),
-                             tuple(f"{name}.{sub}" for sub in driver.sub_devices()), valves,
-                             declared_time_limits(driver))
-
-
-def _params(method) -> tuple:
-    try:
-        signature = inspect.signature(method)
-    except (TypeError, ValueError):
-        return (("args", "VAR_POSITIONAL", False, None, ""), ("kwargs", "VAR_KEYWORD", False, None, ""))
-    params = []
-    for p in signature.parameters.values():
-        has_default = p.default is not p.empty
-        default = p.default if has_default and isinstance(p.default, (int, float, str, bool, type(None))) else None
-        annotation = "" if p.annotation is p.empty else (p.annotation if isinstance(p.annotation, str)
-                                                         else getattr(p.annotation, "__name__", str(p.annotation)))
-        params.append((p.name, p.kind.name, has_default, default, annotation))
-    return tuple(params)
-
-
-def unknown_method_text(name: str, driver: Device, method_name: str, request) -> str:
-    """The error text for a method or message a driver does not have."""
-    accepted = sorted({MESSAGE_FOR_METHOD[m].__name__ for m in remote_methods(driver) if m in MESSAGE_FOR_METHOD})
-    if isinstance(request, Call):
-        return (f"{name} ({type(driver).__name__}) has no method {method_name!r}; "
-                f"methods: {', '.join(sorted(remote_methods(driver)))}")
-    return (f"{name} ({type(driver).__name__}) does not accept {type(request).__name__}; it accepts: "
-            f"{', '.join(accepted + ['Call'])}")
-
-
-def _args_text(args: tuple, kwargs: dict) -> str:
-    return ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+            if owner not in self.degraded:
+                return
+            if self.current is not None:  # the worker is busy: the next call tries to reconnect first
+                self.wakeupAfter(timedelta(seconds=RECONNECT_FIRST_S), payload=payload)
+                return
+            driver = next(d for name, d in self.owned if name == owner)
+            self.run(Job(0, owner, driver, limit=self.default_limit))

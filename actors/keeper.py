@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import time
 import uuid
-
-from thespian.actors import ActorSystemException
 
 from labctl.config.schema import Lab
 
 from . import logs, processes, runstate
 from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, start_admin
 from .errors import LabError
-from .messages import InitLab, Reply, StopLab
+from .messages import InitLab, Reply
+from .stopping import ask_lab, stop_in_order
 
 INIT_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 1.6
 
 
 class LabAlreadyRunning(LabError):
@@ -84,7 +83,8 @@ class Keeper:
             port=self.lab.port, lab=self.lab.name, config=self.lab.file, log_dir=self.lab.log_dir,
             keeper_pid=os.getpid(), admin_pid=admin_pid, supervisor_pid=reply.value["pid"],
             session=processes.session_of(admin_pid) or 0, admin_cmdline=processes.cmdline(admin_pid),
-            detached=self.detached)
+            detached=self.detached, keeper_started=processes.start_time(os.getpid()) or 0,
+            admin_started=processes.start_time(admin_pid) or 0)
         runstate.write(self.record)
 
     # -- watch ------------------------------------------------------------------------------
@@ -157,23 +157,22 @@ class Keeper:
     def stop(self) -> float:
         """Stop every device (each driver's shutdown), the admin, and every process left; free the port.
 
-        Returns how long it took."""
+        Only what this keeper started: a keeper that could not start touches nothing. Returns how
+        long it took."""
         began = time.monotonic()
-        if self.system is not None and self.record is not None and processes.is_alive(self.record.admin_pid):
-            try:
-                self.system.ask(self.supervisor, StopLab(request_id=uuid.uuid4().hex), STOP_TIMEOUT_S)
-            except ActorSystemException as exc:
-                self.log.warning("stopping the devices: %s", exc)
-            try:
-                self.system.shutdown()
-            except ActorSystemException as exc:
-                self.log.warning("shutting down the admin: %s", exc)
         if self.record is not None:
+            if self.system is not None and self.record.admin_running():
+                self.stop_processes()
             self.clear_leftovers()
-        runstate.remove(self.lab.port)
+            runstate.remove(self.lab.port)
+            shutil.rmtree(runstate.lab_dir(self.lab.port), ignore_errors=True)
         elapsed = time.monotonic() - began
-        self.log.info("lab %s stopped in %.2f s", self.lab.name, elapsed)
+        self.log.info("%s stopped in %.2f s", self.lab.name, elapsed)
         return elapsed
+
+    def stop_processes(self) -> None:
+        """The ordered part of stopping: devices through the supervisor, then the admin."""
+        stop_in_order(self.system, self.supervisor, self.record)
 
 
 def clear_port(port: int, bind: str) -> None:
@@ -181,7 +180,7 @@ def clear_port(port: int, bind: str) -> None:
 
     A record written by this very process is the lab this keeper is recovering: it counts as dead."""
     record = runstate.read(port)
-    if record is not None and record.keeper_pid != os.getpid() and lab_is_live(record):
+    if record is not None and record.keeper_pid != os.getpid() and record.live():
         raise LabAlreadyRunning(f"lab {record.lab!r} is already running on port {port} (keeper pid "
                                 f"{record.keeper_pid}, config {record.config}); stop it with: labctl down --port {port}")
     if record is not None:
@@ -189,6 +188,10 @@ def clear_port(port: int, bind: str) -> None:
         runstate.remove(port)
     if processes.port_is_free(port, bind) and not processes.port_answers(port, bind, timeout=0.2):
         return
+    name, _ = ask_lab(port, bind)  # a lab whose record is elsewhere (another run folder) still answers
+    if name is not None:
+        raise LabAlreadyRunning(f"lab {name!r} is already running on port {port}; stop it with: "
+                                f"labctl down --port {port}")
     holders = processes.port_listeners(port)
     leftovers = {pid for pid in holders if "labctl" in processes.cmdline(pid)}
     if holders - leftovers or not holders:
@@ -197,73 +200,6 @@ def clear_port(port: int, bind: str) -> None:
     processes.kill_all(leftovers, timeout=2.0)
     if not processes.wait_port_free(port, bind, timeout=2.0):
         raise PortInUse(f"port {port} is still held after stopping a dead lab's processes")
-
-
-def lab_is_live(record: runstate.LabRecord) -> bool:
-    """Whether a recorded lab still runs here (its keeper or its admin, not a stranger with a reused pid)."""
-    admin = record.admin_pid and processes.is_alive(record.admin_pid) and \
-        processes.cmdline(record.admin_pid) == record.admin_cmdline
-    keeper = processes.is_alive(record.keeper_pid) and processes.cmdline(record.keeper_pid) == record.admin_cmdline
-    return bool(admin or keeper)
-
-
-def shutdown_lab(port: int, bind: str = "127.0.0.1", timeout: float = 10.0) -> str | None:
-    """Stop the lab on `port` as Ctrl-C would, from any process; returns its name, or None if none ran.
-
-    Its keeper, if alive, is asked to stop it in order; without a keeper the admin is stopped
-    directly. Either way every process of the lab is then gone and the port free."""
-    record = runstate.read(port)
-    name = record.lab if record is not None else None
-    keeper = record.keeper_pid if record is not None and lab_is_live(record) else 0
-    if not keeper and processes.port_answers(port, bind, timeout=0.5):
-        name, keeper = _ask_lab(port, bind)  # a lab started with another run folder: ask it
-    if keeper:
-        os.kill(keeper, signal.SIGTERM)
-        if processes.wait_gone([keeper], timeout):
-            processes.kill_all([keeper])
-    elif processes.port_answers(port, bind, timeout=0.5):
-        _stop_without_keeper(port, bind)
-    leftovers = set(record.lab_processes()) if record is not None else set()
-    leftovers |= {pid for pid in processes.port_listeners(port) if "labctl" in processes.cmdline(pid)}
-    if leftovers:
-        name = name or "lab"
-        processes.kill_all(leftovers, timeout=2.0)
-    processes.wait_port_free(port, bind, timeout=2.0)
-    runstate.remove(port)
-    return name
-
-
-def _ask_lab(port: int, bind: str) -> tuple[str, int]:
-    """(lab name, keeper pid if that keeper runs here) from the lab's own supervisor."""
-    from .actorsystem import attach
-    from .messages import GetLabStatus, LabStatus
-
-    system = attach(port, bind)
-    try:
-        supervisor = system.createActor("labctl.actors.supervisor.Supervisor", globalName=SUPERVISOR_NAME)
-        status = system.ask(supervisor, GetLabStatus(request_id=uuid.uuid4().hex), 2.0)
-    except ActorSystemException:
-        status = None
-    finally:
-        system._systemBase.transport.close()
-    if not isinstance(status, LabStatus):
-        return "lab", 0
-    keeper = status.keeper_pid if "labctl" in processes.cmdline(status.keeper_pid) else 0
-    return status.lab, keeper
-
-
-def _stop_without_keeper(port: int, bind: str) -> None:
-    """Stop a lab whose keeper is gone: its devices in order, then its admin."""
-    from .actorsystem import attach
-
-    system = attach(port, bind)
-    try:
-        supervisor = system.createActor("labctl.actors.supervisor.Supervisor", globalName=SUPERVISOR_NAME)
-        system.ask(supervisor, StopLab(request_id=uuid.uuid4().hex), STOP_TIMEOUT_S)
-    except ActorSystemException:
-        pass
-    finally:
-        system.shutdown()  # from an attached process this stops the admin itself
 
 
 def install_stop_signals(keeper: Keeper) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 LAB = "lab"
 FORMAT = "%(asctime)s %(levelname)-7s [%(device)s] %(name)s: %(message)s"
 
-_current_device = [LAB]
+# The device being driven, per thread (driver calls run on a worker thread, the actor on its own);
+# a thread that drives nothing logs under the process's default device.
+_driving = threading.local()
+_default_device = [LAB]
 
 
 class DeviceFilter(logging.Filter):
@@ -66,8 +70,10 @@ def log_config(log_dir: str, level: str = "INFO") -> dict:
 
 
 def tag_records_with_device(default: str) -> None:
-    """In a device host's process: stamp each log record with the device being driven."""
-    _current_device[0] = default
+    """In a device host's process: stamp each log record with the device being driven.
+
+    Code running there names its device with `driving(...)`, not with `extra=`."""
+    _default_device[0] = default
     make_record = logging.getLogRecordFactory()
     if getattr(make_record, "_labctl", False):
         return
@@ -75,7 +81,7 @@ def tag_records_with_device(default: str) -> None:
     def factory(*args, **kwargs):
         record = make_record(*args, **kwargs)
         if not hasattr(record, "device"):
-            record.device = _current_device[0]
+            record.device = getattr(_driving, "device", None) or _default_device[0]
         return record
 
     factory._labctl = True
@@ -83,17 +89,25 @@ def tag_records_with_device(default: str) -> None:
 
 
 class driving:
-    """Context manager: log records made inside it name `device`."""
+    """Context manager: log records made inside it, on this thread, name `device`."""
 
     def __init__(self, device: str) -> None:
         self.device = device
 
     def __enter__(self) -> None:
-        self.previous = _current_device[0]
-        _current_device[0] = self.device
+        self.previous = getattr(_driving, "device", None)
+        _driving.device = self.device
 
     def __exit__(self, *exc: object) -> None:
-        _current_device[0] = self.previous
+        _driving.device = self.previous
+
+
+def log_failure(device: str, method: str, args: tuple, kwargs: dict, exc: Exception) -> None:
+    """Log a driver call that raised, with its arguments."""
+    shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    with driving(device):
+        logging.getLogger("labctl.devicehost").warning("%s(%s) failed: %s: %s", method, shown,
+                                                       type(exc).__name__, exc)
 
 
 def file_logger(log_dir: str, name: str = "labctl.keeper") -> logging.Logger:

@@ -359,14 +359,40 @@ class DeviceDescription:
 
 @frozen
 class StartUnit:
-    """Supervisor -> DeviceHost: construct your drivers."""
+    """Supervisor -> DeviceHost: what you will run; answer UnitStarted, then wait for Construct."""
     unit: str
     incarnation: int
     devices: tuple            # config.Device entries
     candidates: dict          # device name -> candidate index, for floating devices
     heartbeat_s: float
     heartbeat_misses: int
+    init_timeout_s: float
+    stop_timeout_s: float
     run_dir: str
+
+
+@frozen
+class UnitStarted:
+    """DeviceHost -> supervisor: my pid, before I open any hardware (so a hang can be killed)."""
+    unit: str
+    incarnation: int
+    pid: int
+
+
+@frozen
+class Construct:
+    """Supervisor -> DeviceHost: your pid is known; construct your drivers now."""
+    incarnation: int
+
+
+@frozen
+class Hung:
+    """DeviceHost -> supervisor: a driver call has run past its time limit; kill this process."""
+    unit: str
+    incarnation: int
+    method: str
+    limit_s: float
+    request_id: str = ""
 
 
 @frozen
@@ -428,8 +454,15 @@ class DeviceNotice:
 
 @frozen
 class Reap:
-    """Supervisor -> Reaper: kill this hung device process on your host."""
+    """Supervisor -> Reaper: kill this device process on your host, answer Reaped once it is gone."""
     pid: int
+
+
+@frozen
+class Reaped:
+    """Reaper -> supervisor: the process is gone (or `gone` is False: it would not die)."""
+    pid: int
+    gone: bool
 
 
 @frozen

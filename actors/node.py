@@ -9,7 +9,7 @@ every process it started and frees its port.
 from __future__ import annotations
 
 import os
-import time
+import select
 
 from labctl.config.schema import Lab
 
@@ -27,9 +27,16 @@ class Node(Keeper):
         self.leader = leader
 
     def start(self) -> None:
-        """Start this host's admin and join the leader; raises LabError saying why not."""
+        """Wait for the leader, then start this host's admin and join it; raises LabError saying why not."""
         processes.become_subreaper()
         clear_port(self.lab.port, self.lab.bind)
+        # A member that registers before its leader listens is not retried for minutes; wait instead.
+        delay = 0.1
+        while not processes.port_answers(self.leader[1], self.leader[0]):
+            if self.stop_requested:
+                raise LabError(f"stopped before the lab at {self.leader[0]}:{self.leader[1]} answered")
+            select.select([self._wake_r], [], [], delay)
+            delay = min(2.0, delay * 2)
         self.log.info("host %s joining the lab at %s:%d from %s:%d (pid %d)", self.lab.host, *self.leader,
                       self.lab.bind, self.lab.port, os.getpid())
         self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
@@ -43,14 +50,10 @@ class Node(Keeper):
         self.record = runstate.LabRecord(
             port=self.lab.port, lab=self.lab.name, config="", log_dir=self.lab.log_dir, keeper_pid=os.getpid(),
             admin_pid=admin, supervisor_pid=0, session=processes.session_of(admin) or 0,
-            admin_cmdline=processes.cmdline(admin), detached=self.detached)
+            admin_cmdline=processes.cmdline(admin), detached=self.detached,
+            keeper_started=processes.start_time(os.getpid()) or 0, admin_started=processes.start_time(admin) or 0)
         runstate.write(self.record)
 
-    def stop(self) -> float:
-        """Stop the admin (and the devices placed here), every process left, and free the port."""
-        began = time.monotonic()
-        if self.system is not None and self.record is not None and processes.is_alive(self.record.admin_pid):
-            self.system.shutdown()
-            self.system = None
-        super().stop()
-        return time.monotonic() - began
+    def stop_processes(self) -> None:
+        """Stop this host's admin, and with it the devices placed here."""
+        self.system.shutdown()

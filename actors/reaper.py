@@ -1,5 +1,5 @@
-"""Reaper: a one-shot actor that kills a hung device process on a remote host, where the supervisor
-cannot send a signal itself."""
+"""Reaper: a one-shot actor that kills a device process on a remote host (hung, or left over from a
+supervisor that died), where the supervisor cannot send a signal itself."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from thespian.actors import ActorExitRequest
 
 from . import processes
 from .actorsystem import PlacedActor
-from .messages import Reap
+from .messages import Reap, Reaped
 
 log = logging.getLogger("labctl.reaper")
 
 
 class Reaper(PlacedActor):
-    """Placed on the hung device's host: SIGKILLs its pid, then exits."""
+    """Placed on a device's host: SIGKILLs its pid, answers once it is gone, then exits."""
 
     def receiveMessage(self, message, sender):
         if not isinstance(message, Reap):
@@ -27,7 +27,9 @@ class Reaper(PlacedActor):
         if processes.parent_of(message.pid) == os.getppid():
             try:
                 os.kill(message.pid, signal.SIGKILL)
-                log.warning("killed hung device process %d", message.pid)
+                log.warning("killed device process %d", message.pid)
             except ProcessLookupError:
                 pass
+        gone = not processes.wait_gone([message.pid], 2.0)
+        self.send(sender, Reaped(message.pid, gone))
         self.send(self.myAddress, ActorExitRequest())

@@ -46,6 +46,8 @@ class LabRecord:
     session: int = 0          # the admin's session: every local process of the lab is in it
     admin_cmdline: str = ""
     detached: bool = False
+    keeper_started: int = 0   # start times (clock ticks since boot): a reused pid is not the same process
+    admin_started: int = 0
 
     def lab_processes(self) -> list[int]:
         """Live processes of this lab's session (never a stranger that reused the session number)."""
@@ -54,39 +56,60 @@ class LabRecord:
         return [pid for pid in processes.session_members(self.session)
                 if pid != os.getpid() and (not self.admin_cmdline or processes.cmdline(pid) == self.admin_cmdline)]
 
-    def keeper_alive(self) -> bool:
-        """Whether the recorded keeper process runs."""
-        return processes.is_alive(self.keeper_pid)
+    def keeper_running(self) -> bool:
+        """Whether the recorded keeper still runs (the very process, not a reuse of its pid)."""
+        return _running(self.keeper_pid, self.keeper_started)
 
-    def admin_alive(self) -> bool:
-        """Whether the recorded admin process runs."""
-        return processes.is_alive(self.admin_pid)
+    def admin_running(self) -> bool:
+        """Whether the recorded admin still runs (the very process, not a reuse of its pid)."""
+        return _running(self.admin_pid, self.admin_started)
+
+    def live(self) -> bool:
+        """Whether this lab still runs here: its keeper or its admin."""
+        return self.keeper_running() or self.admin_running()
+
+
+def _running(pid: int, started: int) -> bool:
+    return bool(pid) and processes.is_alive(pid) and (not started or processes.start_time(pid) == started)
 
 
 def _path(port: int) -> Path:
     return base_dir() / f"lab-{port}.json"
 
 
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write a small JSON file atomically (a reader never sees half of it)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A small JSON file's content, or {} when it is absent or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write(record: LabRecord) -> None:
     """Save a lab's record atomically."""
-    path = _path(record.port)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(attrs.asdict(record), indent=1))
-    os.replace(tmp, path)
+    write_json(_path(record.port), attrs.asdict(record))
 
 
 def read(port: int) -> LabRecord | None:
     """The record for a port, or None."""
     try:
-        data = json.loads(_path(port).read_text())
-        return LabRecord(**data)
-    except (OSError, ValueError, TypeError):
+        return LabRecord(**read_json(_path(port))) if _path(port).exists() else None
+    except TypeError:
         return None
 
 
 def remove(port: int) -> None:
     """Forget a port's record."""
-    for path in (_path(port), _path(port).with_suffix(".tmp")):
+    for path in (_path(port), _path(port).with_name(_path(port).name + ".tmp")):
         try:
             path.unlink()
         except FileNotFoundError:

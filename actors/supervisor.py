@@ -24,9 +24,10 @@ from labctl.config.schema import Lab, Unit
 from . import policy, processes, runstate
 from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
-from .messages import (Deliver, DescribeDevice, DeviceDescription, DeviceInfo, DeviceNotice, DeviceRequest, Done, Event, Events,
-                       Failure, GetEvents, GetLabStatus, InitLab, LabStatus, Ping, Pong, ProbeRequest, ProbeResult,
-                       Reap, Reply, Request, RestartDevice, StartUnit, StopLab, UnitFailed, UnitReady)
+from .messages import (Construct, Deliver, DescribeDevice, DeviceDescription, DeviceInfo, DeviceNotice,
+                       DeviceRequest, Done, Event, Events, Failure, GetEvents, GetLabStatus, Hung, InitLab, LabStatus, Ping,
+                       Pong, ProbeRequest, ProbeResult, Reap, Reaped, Reply, Request, RestartDevice, StartUnit, StopLab,
+                       UnitFailed, UnitReady, UnitStarted)
 from .processes import exit_cause
 from .prober import Prober
 from .reaper import Reaper
@@ -36,6 +37,8 @@ log = logging.getLogger("labctl.supervisor")
 EVENTS_KEPT = 2000
 PROBE_FIRST_S = 0.5
 REAP_TIMEOUT_S = 2.0
+INIT_GRACE_S = 1.0
+EXIT_RECHECK_S = 0.005
 
 
 @attrs.define
@@ -63,6 +66,9 @@ class UnitState:
     candidates: dict | None = None
     pending_probes: dict = attrs.Factory(dict)
     probe_attempts: int = 0
+    waiting: bool = False         # failed only because its unit or host is not there (yet)
+    reaping: bool = False         # a process of a previous supervisor may still run it: wait
+    constructing_since: float | None = None   # when Construct was sent; None once ready
     degraded: set = attrs.Factory(set)
 
     @property
@@ -78,8 +84,6 @@ class InFlight:
     reply_to: Any
     device: str
     message: str
-    started: float
-    limit: float | None
 
 
 class Supervisor(Actor):
@@ -101,6 +105,9 @@ class Supervisor(Actor):
         self.waiter_token = 0
         self.stopping = False
         self.stop_waiters: list[tuple[Any, str]] = []
+        self.remote_file = ""
+        self.remote_pids: dict[str, tuple[str, int]] = {}   # unit -> (host, pid) of remote processes
+        self.reaps: list[tuple[int, str]] = []               # (pid, unit) waiting for a Reaper
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -128,6 +135,12 @@ class Supervisor(Actor):
             self.wakeup(message.payload)
         elif isinstance(message, ChildActorExited):
             self.child_exited(message.childAddress)
+        elif isinstance(message, UnitStarted):
+            self.unit_started(message)
+        elif isinstance(message, Hung):
+            self.hung(message)
+        elif isinstance(message, Reaped):
+            self.reaped(message)
         elif isinstance(message, UnitReady):
             self.unit_ready(message)
         elif isinstance(message, UnitFailed):
@@ -178,6 +191,7 @@ class Supervisor(Actor):
         if self.lab is None:
             self.lab, self.keeper_pid = message.lab, message.keeper_pid
             self.run_dir = str(runstate.lab_dir(self.lab.port))
+            self.remote_file = os.path.join(self.run_dir, "remote-pids.json")
             for unit in self.lab.units():
                 sup = unit.supervision
                 self.units[unit.name] = UnitState(unit, policy.Intensity(sup.max_restarts, sup.within_s))
@@ -188,18 +202,19 @@ class Supervisor(Actor):
                     self.group_of[member] = members
             log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),
                      len(self.units))
+            if message.incarnation:
+                self.event("lab", "recovered", supervisor=message.incarnation, pid=os.getpid())
+                self.reap_previous()
             for unit in self.units.values():
                 self.emit(unit, "starting")
                 self.launch(unit)
-            if message.incarnation:
-                self.event("lab", "recovered", supervisor=message.incarnation, pid=os.getpid())
         else:
             self.keeper_pid = message.keeper_pid
         self.send(sender, Reply(message.request_id, {"pid": os.getpid(), "admin_pid": os.getppid()}))
 
     def launch(self, unit: UnitState) -> None:
         """Create the unit's host process (probing its floating devices first)."""
-        if self.stopping:
+        if self.stopping or unit.reaping:
             return
         floating = [d for d in unit.spec.devices if d.uid is not None]
         if floating and unit.candidates is None:
@@ -217,8 +232,10 @@ class Supervisor(Actor):
         unit.exit_plan = unit.kill_reason = unit.failure = None
         sup = unit.spec.supervision
         self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates,
-                                     sup.heartbeat_s, sup.heartbeat_misses, self.run_dir))
-        self.after(sup.init_timeout_s, ("init_timeout", unit.name, unit.incarnation))
+                                     sup.heartbeat_s, sup.heartbeat_misses, sup.init_timeout_s,
+                                     sup.stop_timeout_s, self.run_dir))
+        # The host's own alarm ends a constructor that takes too long; this is the backstop.
+        self.after(sup.init_timeout_s + INIT_GRACE_S, ("init_timeout", unit.name, unit.incarnation))
 
     def probe(self, unit: UnitState, floating: list) -> None:
         """Start one Prober per floating device of a unit, on the device's host."""
@@ -259,6 +276,7 @@ class Supervisor(Actor):
         """A unit that cannot start yet (unit not plugged in, host absent): failed, retried with back-off."""
         delay = policy.backoff_delay(unit.probe_attempts, PROBE_FIRST_S, unit.spec.supervision.probe_backoff_max_s)
         unit.probe_attempts += 1
+        unit.waiting = True
         if unit.state == "failed" and unit.last_error == reason:
             log.debug("%s: still %s; next try in %.1f s", unit.name, reason, delay, extra={"device": unit.name})
         else:  # say it once, not at every retry
@@ -267,12 +285,73 @@ class Supervisor(Actor):
         unit.start_token += 1
         self.after(delay, ("launch", unit.name, unit.start_token))
 
+    def unit_started(self, message: UnitStarted) -> None:
+        """A unit's process reported its pid: remember it (on file, if remote), then let it construct."""
+        unit = self.units.get(message.unit)
+        if unit is None or unit.incarnation != message.incarnation or unit.address is None:
+            return
+        unit.pid = message.pid
+        if unit.spec.host != self.lab.host:
+            self.remote_pids[unit.name] = (unit.spec.host, message.pid)
+            self.save_remote_pids()
+        unit.constructing_since = time.monotonic()
+        self.send(unit.address, Construct(unit.incarnation))
+
+    def hung(self, message: Hung) -> None:
+        """A device host reports a driver call past its time limit: kill it, it cannot recover."""
+        unit = self.units.get(message.unit)
+        if unit is not None and unit.incarnation == message.incarnation and unit.address is not None:
+            limit = (f"its time limit of {message.limit_s:g} s" if message.method in self.declared_limits(unit)
+                     else f"{message.limit_s:g} s (no time limit declared: heartbeat_s x heartbeat_misses)")
+            self.kill(unit, f"hung: {message.method} ran past {limit}")
+
+    @staticmethod
+    def declared_limits(unit: UnitState) -> set[str]:
+        return {method for d in unit.descriptions.values() for method in d.time_limits}
+
+    def save_remote_pids(self) -> None:
+        """Keep the pids of remote device processes on file, for a supervisor that replaces this one."""
+        runstate.write_json(self.remote_file, {name: list(where) for name, where in self.remote_pids.items()})
+
+    def reap_previous(self) -> None:
+        """Kill the remote device processes a dead predecessor left (their hosts outlive it) before
+        their units start again: two processes must never drive one device."""
+        for name, (host, pid) in runstate.read_json(self.remote_file).items():
+            unit = self.units.get(name)
+            if unit is None:
+                continue
+            unit.reaping = True
+            self.reaps.append((pid, name))
+            reaper = self.createActor(Reaper, targetActorRequirements={HOST_CAPABILITY: host})
+            self.send(reaper, Reap(pid))
+            self.after(REAP_TIMEOUT_S + 1.0, ("reap_timeout", name, pid))
+
+    def reaped(self, message: Reaped) -> None:
+        """A reaper is done: launch the unit that waited for it."""
+        for pid, name in list(self.reaps):
+            if pid == message.pid:
+                self.reaps.remove((pid, name))
+                self.reap_finished(name, message.gone)
+
+    def reap_finished(self, name: str, gone: bool) -> None:
+        unit = self.units[name]
+        if not unit.reaping:
+            return
+        unit.reaping = False
+        if not gone:
+            log.error("%s: the previous process may still run on host %s", name, unit.spec.host,
+                      extra={"device": name})
+        self.launch(unit)
+
     def unit_ready(self, message: UnitReady) -> None:
         """A unit's drivers are up: running, heartbeats start."""
         unit = self.units.get(message.unit)
         if unit is None or unit.incarnation != message.incarnation or unit.address is None:
             return
         unit.state, unit.pid, unit.running_since = "running", message.pid, time.monotonic()
+        unit.constructing_since = None
+        if unit.waiting:  # it was waiting for its unit or host, not crashing: that error is over
+            unit.last_error, unit.waiting = None, False
         unit.descriptions = {d.name: d for d in message.devices}
         unit.degraded.clear()
         for description in message.devices:
@@ -310,13 +389,7 @@ class Supervisor(Actor):
         if name not in unit.descriptions:
             self.send(sender, self.composite(request.request_id, unit, name))
             return
-        method = request.call()[0]
-        description = unit.descriptions.get(name)
-        limit = description.time_limits.get(method) if description else None
-        self.inflight[request.request_id] = InFlight(unit.name, sender, name, type(request).__name__,
-                                                     time.monotonic(), limit)
-        if limit:
-            self.after(limit, ("limit", request.request_id))
+        self.inflight[request.request_id] = InFlight(unit.name, sender, name, type(request).__name__)
         self.send(unit.address, Deliver(request, sender))
 
     def unavailable(self, request_id: str, unit: UnitState, device: str, what: str) -> Failure:
@@ -467,8 +540,21 @@ class Supervisor(Actor):
         unit = next((u for u in self.units.values() if u.address is not None and u.address == address), None)
         if unit is None:
             return  # already handled: Thespian may report one exit twice
+        if unit.pid and unit.spec.host == self.lab.host and processes.is_alive(unit.pid):
+            # After SIGTERM, Thespian reports the exit while the process still runs (and holds its
+            # port): act once it is gone, so that no replacement ever overlaps it.
+            self.after(EXIT_RECHECK_S, ("exited", unit.name, unit.incarnation))
+            return
         exitcode = EXIT_CODES.pop(unit.pid, None) if unit.pid else None
+        if self.remote_pids.pop(unit.name, None):
+            self.save_remote_pids()
         ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
+        init_timeout = unit.spec.supervision.init_timeout_s
+        constructing = time.monotonic() - unit.constructing_since if unit.constructing_since is not None else 0.0
+        if exitcode == -signal.SIGALRM or (exitcode is None and not unit.failure and constructing >= init_timeout):
+            # the host's construction alarm (a remote host's exit code is not seen here: judge by time)
+            unit.kill_reason = unit.kill_reason or f"construction took longer than {init_timeout:g} s"
+        unit.constructing_since = None
         plan, cause = unit.exit_plan, unit.failure or unit.kill_reason or exit_cause(exitcode)
         unit.address, unit.running_since = None, None
         if plan == "stop" or self.stopping:
@@ -478,7 +564,7 @@ class Supervisor(Actor):
             self.check_stopped()
             return
         if plan == "fail":
-            unit.state = "failed"
+            unit.state, unit.pid = "failed", None
             self.fail_inflight(unit, cause)
             return
         if plan == "restart":
@@ -566,21 +652,13 @@ class Supervisor(Actor):
     def beat(self, unit: UnitState) -> None:
         """One heartbeat: count an unanswered ping as a miss, kill after too many, ping again."""
         sup = unit.spec.supervision
-        if unit.pong_seq >= unit.ping_seq:
-            unit.misses = 0
-        elif not self.busy_within_limit(unit):
-            unit.misses += 1
+        unit.misses = 0 if unit.pong_seq >= unit.ping_seq else unit.misses + 1
         if unit.misses >= sup.heartbeat_misses:
             self.kill(unit, f"hung: missed {unit.misses} heartbeats {sup.heartbeat_s:g} s apart")
             return
         unit.ping_seq += 1
         self.send(unit.address, Ping(unit.ping_seq))
         self.after(sup.heartbeat_s, ("beat", unit.name, unit.incarnation))
-
-    def busy_within_limit(self, unit: UnitState) -> bool:
-        """True while the unit runs a request whose method declared a time limit not yet reached."""
-        now = time.monotonic()
-        return any(f.unit == unit.name and f.limit and now - f.started < f.limit for f in self.inflight.values())
 
     def device_notice(self, notice: DeviceNotice) -> None:
         """Record a device's own change, or its link going down or coming back."""
@@ -608,14 +686,13 @@ class Supervisor(Actor):
             if waiter is not None:
                 self.send(waiter[0], Events(waiter[1], (), self.seq))
             return
-        if kind == "limit":
-            flight = self.inflight.get(payload[1])
-            unit = self.units.get(flight.unit) if flight else None
-            if unit is not None and unit.address is not None:
-                self.kill(unit, f"{flight.message} exceeded its time limit of {flight.limit:g} s")
-            return
         unit = self.units.get(payload[1])
         if unit is None:
+            return
+        if kind == "reap_timeout":
+            if (payload[2], unit.name) in self.reaps:
+                self.reaps.remove((payload[2], unit.name))
+                self.reap_finished(unit.name, gone=False)
             return
         if kind == "launch" and payload[2] == unit.start_token and unit.address is None and not self.stopping:
             self.launch(unit)
@@ -625,7 +702,7 @@ class Supervisor(Actor):
         elif kind == "init_timeout" and payload[2] == unit.incarnation and unit.address is not None \
                 and unit.state != "running":
             self.kill(unit, f"construction took longer than {unit.spec.supervision.init_timeout_s:g} s")
-        elif kind == "reaped" and payload[2] == unit.incarnation and unit.address is not None:
+        elif kind in ("reaped", "exited") and payload[2] == unit.incarnation and unit.address is not None:
             self.child_exited(unit.address)
         elif kind == "kill" and payload[2] == unit.incarnation and unit.address is not None:
             self.kill(unit, f"did not stop within {unit.spec.supervision.stop_timeout_s:g} s")

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import click
 
+from labctl.actors import processes
 from labctl.actors.client import LabClient, connect, default_port
 from labctl.actors.errors import DeviceError, LabError, LabNotRunning, UnknownDevice
 from labctl.actors.messages import DEVICE_MESSAGES, Call
@@ -59,8 +60,8 @@ def open_client(port: int, timeout: float = 10.0) -> LabClient:
     """A client for the lab on `port`, or a clear error and exit 1."""
     try:
         return connect(port, timeout=timeout)
-    except LabNotRunning:
-        raise click.ClickException(f"no lab is running on port {port}") from None
+    except LabNotRunning as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def fail(message: str) -> None:
@@ -224,7 +225,7 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0):
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the lab to stop.")
 def down(port: int | None, config_file: str | None, timeout: float) -> None:
     """Stop a running lab in order: every device's shutdown, every process gone, the port free."""
-    from labctl.actors.keeper import shutdown_lab
+    from labctl.actors.stopping import shutdown_lab
 
     port = resolve_port(port, config_file)
     began = time.monotonic()
@@ -310,27 +311,33 @@ def send(device: str, message: str, args: tuple[str, ...], port: int | None, con
     and the others are Python literals or plain strings; name=value passes a keyword argument.
     """
     port = resolve_port(port, config_file)
-    with open_client(port, timeout=timeout) as client:
+
+    def failed(error_type: str, text: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "device": device, "message": message,
+                                   "error": {"type": error_type, "message": text}}))
+        fail(text)
+
+    try:
+        client = connect(port, timeout=timeout)
+    except LabNotRunning as exc:
+        failed("LabNotRunning", str(exc))
+    with client:
         cls = DEVICE_MESSAGES.get(message)
         if cls is None:
-            fail(unknown_message_text(client, device, message))
+            failed("UnknownMessage", unknown_message_text(client, device, message))
         try:
             request = build_message(cls, args)
         except ValueError as exc:
-            fail(str(exc))
+            failed("BadArgument", str(exc))
         began = time.monotonic()
         try:
             value = client.send(device, request, timeout=timeout)
         except DeviceError as exc:
-            if as_json:
-                click.echo(json.dumps({"ok": False, "device": device, "message": message,
-                                       "error": {"type": exc.error_type, "message": exc.text}}))
-            fail(f"{device}: {exc.error_type}: {exc.text}" if exc.error_type else str(exc))
+            failed(exc.error_type or type(exc).__name__,
+                   f"{device}: {exc.error_type}: {exc.text}" if exc.error_type else str(exc))
         except LabError as exc:
-            if as_json:
-                click.echo(json.dumps({"ok": False, "device": device, "message": message,
-                                       "error": {"type": type(exc).__name__, "message": str(exc)}}))
-            fail(str(exc))
+            failed(type(exc).__name__, str(exc))
     if as_json:
         click.echo(json.dumps({"ok": True, "device": device, "message": message,
                                "value": formatting.jsonable(value),
@@ -450,9 +457,17 @@ def node(name: str, leader: str, port: int, bind: str, log_dir: str | None) -> N
     address, _, leader_port = leader.rpartition(":")
     if not address or not leader_port.isdigit():
         raise click.BadParameter(f"expected HOST:PORT, got {leader!r}", param_hint="--leader")
+    # A member re-registers with its leader every CONVENTION_REREGISTRATION_PERIOD (Thespian's
+    # default: 7 min 22 s); every 5 s, it rejoins a leader that restarted.
+    os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:05")
     guard = Node(name, (address, int(leader_port)), port, bind, log_dir or os.path.join("logs", f"node-{name}"))
-    run_in_foreground(guard, lambda: click.echo(f"host {name} joined the lab at {leader} (listening on "
-                                                f"{bind}:{port}); Ctrl-C stops it."), f"host {name}")
+
+    def started() -> None:
+        click.echo(f"host {name} is up on {bind}:{port}, joining the lab at {leader}; Ctrl-C stops it.")
+
+    if not processes.port_answers(int(leader_port), address):
+        click.echo(f"waiting for the lab at {leader} to answer ...", err=True)
+    run_in_foreground(guard, started, f"host {name}")
 
 
 cli.add_command(emulate)

@@ -4,11 +4,11 @@ from .errors import (ChecksumError, GarbledReply, HardwareError, LinkError, NoRe
                      OutOfRange, ProtocolError, Rejected, UnknownName, ValveLocked, ValveNotConfirmed)
 from .interfaces import (Camera, Device, FilterWheel, FloatingDevice, LightSource, Stage,
                          TemperatureController, ValveController, declared_time_limits, probe,
-                         remote_methods, time_limit)
+                         remote_methods, time_limit, time_limit_of)
 
 __all__ = [
     "Camera", "Device", "FilterWheel", "FloatingDevice", "LightSource", "Stage", "TemperatureController",
-    "ValveController", "declared_time_limits", "probe", "remote_methods", "time_limit",
+    "ValveController", "declared_time_limits", "probe", "remote_methods", "time_limit", "time_limit_of",
     "ChecksumError", "GarbledReply", "HardwareError", "LinkError", "NoReply", "NotPresent", "OutOfRange",
     "ProtocolError", "Rejected", "UnknownName", "ValveLocked", "ValveNotConfirmed",
 ]

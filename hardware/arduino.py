@@ -33,8 +33,9 @@ class ArduinoValves(SerialDevice, ValveController):
     `pins` maps a channel to its output pin (keys may be strings, as TOML writes them); by default
     `default_pin(channel)`. A valve's open indicator is at pin - `open_offset`, its closed indicator
     at pin - `closed_offset`. With `confirm`, every move is checked on the indicators
-    `confirm_delay_s` after it, and a valve's state is read from them. A command is tried up to
-    `retries` times in all, each time waiting up to `timeout` seconds for the reply.
+    `confirm_delay_s` after it, and a valve's state is read from them. A command not answered as
+    it should be is retried up to `retries` times (so tried retries + 1 times in all), each time
+    waiting up to `timeout` seconds for the reply.
     """
 
     def __init__(self, port: str, valves: Mapping[str, Any] | Iterable[str],
@@ -42,7 +43,7 @@ class ArduinoValves(SerialDevice, ValveController):
                  retries: int = 3, confirm: bool = False, confirm_delay_s: float = 0.05,
                  open_offset: int = 1, closed_offset: int = 2) -> None:
         super().__init__(valves)
-        self._retries = whole_number(retries, "retries", low=1)
+        self._attempts = whole_number(retries, "retries", low=0) + 1
         if not isinstance(confirm, bool):
             raise HardwareError(f"confirm must be true or false, got {confirm!r}")
         self._confirm = confirm
@@ -92,14 +93,14 @@ class ArduinoValves(SerialDevice, ValveController):
                          for is_open, level in levels.items())
 
     def _command(self, command: str, accept: Callable[[str, str], T]) -> T:
-        """Send a command and return `accept(answer, context)`, trying up to `retries` times."""
-        for _ in range(self._retries):
+        """Send a command and return `accept(answer, context)`, retrying up to `retries` times."""
+        for _ in range(self._attempts):
             try:
                 answer = self._exchange(command)
                 return accept(answer, f"arduino at {self._link.port} answered {answer!r} to {command!r}")
             except ProtocolError as exc:  # a LinkError is not retried: the port is gone
                 failure = exc
-        raise type(failure)(f"{failure} (tried {self._retries} times)")
+        raise type(failure)(f"{failure} (tried {self._attempts} times)")
 
     def _exchange(self, command: str) -> str:
         # Whatever is waiting now answers nothing we are about to ask, e.g. a reply that came late.

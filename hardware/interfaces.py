@@ -18,26 +18,37 @@ LIFECYCLE_METHODS = frozenset(
 )
 
 
-def time_limit(seconds: float) -> Callable:
-    """Declare that a driver method may legitimately take up to `seconds` before it counts as hung."""
-    if not seconds > 0:
+def time_limit(seconds: float | Callable[..., float]) -> Callable:
+    """Declare that a driver method may legitimately take up to `seconds` before it counts as hung.
+
+    `seconds` may be a function of the driver and the call's arguments, for a limit that depends
+    on them: `@time_limit(lambda camera: 2 * camera.get_exposure() + 10)`."""
+    if not callable(seconds) and not seconds > 0:
         raise ValueError(f"time_limit must be positive, got {seconds!r}")
 
     def mark(method: Callable) -> Callable:
-        method.__labctl_time_limit__ = float(seconds)
+        method.__labctl_time_limit__ = seconds if callable(seconds) else float(seconds)
         return method
 
     return mark
 
 
-def declared_time_limits(driver: Any) -> dict[str, float]:
-    """Method name -> time limit in seconds, for the methods a driver marked with `time_limit`."""
+def declared_time_limits(driver: Any) -> dict[str, float | str]:
+    """Method name -> its time limit in seconds ('depends' when it is computed per call)."""
     limits = {}
     for name in dir(type(driver)):
         limit = getattr(getattr(type(driver), name, None), "__labctl_time_limit__", None)
         if limit is not None:
-            limits[name] = limit
+            limits[name] = "depends" if callable(limit) else limit
     return limits
+
+
+def time_limit_of(driver: Any, method: str, args: tuple = (), kwargs: dict | None = None) -> float | None:
+    """The time limit of one call, in seconds, or None when the method declares none."""
+    limit = getattr(getattr(type(driver), method, None), "__labctl_time_limit__", None)
+    if callable(limit):
+        return float(limit(driver, *args, **(kwargs or {})))
+    return limit
 
 
 def remote_methods(driver: Any) -> dict[str, Callable]:
@@ -295,6 +306,7 @@ class Camera(Device):
         """The numpy dtype of an acquired image, e.g. 'uint16'."""
         return np.dtype(self._do_get_dtype()).name
 
+    @time_limit(lambda camera: 2 * camera.get_exposure() + 10)
     def acquire(self) -> np.ndarray:
         """Expose and read one image of the sensor's shape and dtype."""
         image = np.asarray(self._do_acquire())

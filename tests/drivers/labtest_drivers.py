@@ -10,13 +10,28 @@ from labctl.hardware import Device, FloatingDevice, HardwareError, time_limit
 from labctl.hardware.simulated import SimValves
 
 
-class Recorder(SimValves):
-    """Valves that append every actuation and their shutdown to a journal file."""
+def note_overlap(journal: Path) -> None:
+    """Append 'OVERLAP' to the journal if a process that opened this device before still runs."""
+    from labctl.actors.processes import is_alive
 
-    def __init__(self, journal: str, valves=("A", "B", "C"), **kwargs) -> None:
+    if journal.exists():
+        earlier = [int(line.split()[1]) for line in journal.read_text().splitlines() if line.startswith("open ")]
+        if any(pid != os.getpid() and is_alive(pid) for pid in earlier):
+            with journal.open("a") as f:
+                f.write(f"OVERLAP {os.getpid()}\n")
+
+
+class Recorder(SimValves):
+    """Valves that append every actuation and their shutdown to a journal file, and note it if an
+    earlier process of theirs still runs when they open (two processes on one device)."""
+
+    def __init__(self, journal: str, valves=("A", "B", "C"), hang: bool = False, **kwargs) -> None:
         super().__init__(valves, **kwargs)
         self.journal = Path(journal)
+        note_overlap(self.journal)
         self._write(f"open {os.getpid()}")
+        if hang:  # a constructor stuck in a blocking call
+            time.sleep(3600)
 
     def _write(self, line: str) -> None:
         with self.journal.open("a") as f:
@@ -28,6 +43,16 @@ class Recorder(SimValves):
 
     def _do_shutdown(self) -> None:
         self._write(f"shutdown {os.getpid()}")
+
+
+class Unsendable(Device):
+    """A method whose result cannot travel (a generator)."""
+
+    def numbers(self):
+        return (n for n in range(3))
+
+    def ping(self) -> str:
+        return "pong"
 
 
 class Counter(Device):

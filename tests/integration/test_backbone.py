@@ -91,11 +91,12 @@ def test_client_cycle(lab, client_for):
 
 def test_one_process_per_device(lab):
     lab.write(SMALL_LAB)
-    assert lab.up().returncode == 0
+    up = lab.popen("up", lab.config, "--detach")
+    assert up.wait(timeout=60) == 0
     record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
     pids = lab.pids()
     assert len(set(pids.values())) == 3, pids
-    assert record["supervisor_pid"] not in pids.values()
+    assert record["supervisor_pid"] not in pids.values() and up.pid not in pids.values()  # nor the CLI's
     assert record["keeper_pid"] not in pids.values() and os.getpid() not in pids.values()
     for pid in pids.values():
         assert processes.is_alive(pid)
@@ -285,3 +286,88 @@ def test_logs_one_file_per_device_each_line_naming_its_device(lab):
     furnace = (logs / "furnace.log").read_text()
     assert "out of range" in furnace and "[valves]" not in furnace
     assert "[furnace]" in (logs / "lab.log").read_text()
+
+
+def recorder_lab(lab, **conf) -> Path:
+    journal = lab.dir / "journal.txt"
+    extra = "".join(f", {k} = {json.dumps(v)}" for k, v in conf.items())
+    lab.write(SMALL_LAB + f"""
+[devices.recorder]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}"{extra} }}
+""")
+    return journal
+
+
+def test_down_after_the_keeper_died_stops_the_lab_in_order(lab):
+    journal = recorder_lab(lab)
+    assert lab.up().returncode == 0
+    record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+    device = lab.pids()["recorder"]
+    os.kill(record["keeper_pid"], signal.SIGKILL)
+    assert processes.wait_gone([record["keeper_pid"]], 5.0) == set()
+    down = lab.labctl("down")
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    assert f"shutdown {device}" in journal.read_text()  # the driver's shutdown still ran
+    assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
+
+
+def test_down_with_a_hung_supervisor_still_shuts_every_driver_down(lab):
+    journal = recorder_lab(lab)
+    assert lab.up().returncode == 0
+    record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+    device = lab.pids()["recorder"]
+    os.kill(record["supervisor_pid"], signal.SIGSTOP)
+    began = time.monotonic()
+    down = lab.labctl("down")
+    assert down.returncode == 0, down.stderr
+    assert time.monotonic() - began < 10  # generous; Thespian alone took ~12 s here
+    assert f"shutdown {device}" in journal.read_text()  # SIGTERM let the device host stop in order
+    assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
+
+
+def test_a_refused_up_leaves_the_running_lab_and_its_record_alone(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    pids = lab.pids()
+    record = lab.dir / "run" / f"lab-{lab.port}.json"
+    assert lab.up().returncode == 1
+    assert record.exists()  # the refused keeper did not delete the live lab's record
+    lab.env["LABCTL_RUN_DIR"] = str(lab.dir / "elsewhere")  # a keeper that cannot see the record
+    again = lab.up()
+    lab.env["LABCTL_RUN_DIR"] = str(lab.dir / "run")
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert lab.pids() == pids and all(processes.is_alive(pid) for pid in pids.values())
+
+
+def test_a_port_that_is_not_a_lab_fails_fast_and_clearly(lab):
+    import socket
+
+    lab.write(SMALL_LAB)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", lab.port))
+    listener.listen()
+    try:
+        began = time.monotonic()
+        status = lab.labctl("status")
+        assert time.monotonic() - began < 8  # Thespian alone retries ~11 s, then a traceback
+        assert status.returncode == 1 and "no lab's admin answers" in status.stderr
+        assert "Traceback" not in status.stderr
+        sent = lab.labctl("send", "valves", "OpenValve", "A", "--json")
+        assert sent.returncode == 1 and json.loads(sent.stdout)["ok"] is False
+        up = lab.up()
+        assert up.returncode == 1 and "in use by another program" in up.stderr
+    finally:
+        listener.close()
+
+
+def test_send_json_reports_every_failure_as_json(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    for args, kind in [(["valves", "OpenValf", "A"], "UnknownMessage"), (["furnace", "SetSetpoint", "hot"], "BadArgument"),
+                       (["valvez", "OpenValve", "A"], "UnknownDevice"), (["valves", "OpenValve", "Z"], "UnknownName")]:
+        result = lab.labctl("send", *args, "--json")
+        reply = json.loads(result.stdout)
+        assert result.returncode == 1 and reply["ok"] is False and reply["error"]["type"] == kind, result.stdout
+        assert reply["error"]["message"]

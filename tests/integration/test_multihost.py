@@ -64,3 +64,48 @@ driver = "sim-furnace"
             node.kill()
             node.wait()
     assert processes.wait_port_free(node_port, timeout=5.0)
+
+
+def test_remote_devices_never_run_twice(lab):
+    """A node started before its lab; a remote constructor that hangs; the supervisor killed while a
+    remote device runs. Each new process of a device notes it if an earlier one still runs."""
+    node_port = free_port()
+    journal, stuck = lab.dir / "journal.txt", lab.dir / "stuck.txt"
+    lab.write(f"""
+[hosts.pi]
+address = "127.0.0.1"
+port = {node_port}
+[devices.valves]
+driver = "labtest_drivers:Recorder"
+host = "pi"
+conf = {{ journal = "{journal}" }}
+[devices.stuck]
+driver = "labtest_drivers:Recorder"
+host = "pi"
+conf = {{ journal = "{stuck}", hang = true }}
+init_timeout_s = 1.0
+max_restarts = 1
+backoff_s = 0.05
+""")
+    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
+    try:
+        lab.up()  # the node waited for the lab, then joined it
+        status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running" and s["devices"][1]["state"] == "failed"
+                              and s["devices"][1]["restarts"] == 1, what="valves on pi; stuck given up")
+        assert "construction took longer than 1 s" in status["devices"][1]["last_error"]
+        assert len([line for line in stuck.read_text().splitlines() if line.startswith("open")]) == 2
+        first = status["devices"][0]["pid"]
+        record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+        os.kill(record["supervisor_pid"], signal.SIGKILL)  # the remote process outlives its supervisor...
+        status = lab.wait_for(lambda s: s["devices"] and s["devices"][0]["state"] == "running"
+                              and s["devices"][0]["pid"] != first, what="valves back on pi")
+        assert not processes.is_alive(first)  # ...until the new supervisor has it reaped
+        assert "OVERLAP" not in journal.read_text() and "OVERLAP" not in stuck.read_text()
+        assert lab.labctl("down").returncode == 0
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert processes.wait_port_free(node_port, timeout=5.0)

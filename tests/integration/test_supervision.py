@@ -302,3 +302,78 @@ def test_events_follow_prints_crashes_as_they_happen(lab):
     finally:
         follow.kill()
         follow.wait()
+
+
+def test_queued_time_limited_calls_each_get_their_whole_limit(lab, client_for):
+    """A limit runs from when the call starts, not from when it was routed behind another."""
+    lab.write("""
+[devices.slow]
+driver = "labtest_drivers:Sleeper"
+heartbeat_s = 0.2
+heartbeat_misses = 2
+""")
+    assert lab.up().returncode == 0
+    client = client_for(lab, timeout=20)
+    pid = lab.pids()["slow"]
+    results = []
+
+    def expose():
+        results.append(client.send("slow", Call("long_exposure", (3.0,))))
+
+    threads = [threading.Thread(target=expose) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == [3.0, 3.0]  # the second ran 3 s but finished 6 s after routing: limit is 5 s
+    assert lab.device("slow")["pid"] == pid and lab.device("slow")["restarts"] == 0
+
+
+def test_a_long_camera_exposure_is_not_a_hang(lab):
+    lab.write("""
+[devices.camera]
+driver = "sim-camera"
+conf = { shape = [32, 32] }
+heartbeat_s = 0.2
+heartbeat_misses = 2
+""")
+    assert lab.up().returncode == 0
+    pid = lab.pids()["camera"]
+    lab.labctl("send", "camera", "SetExposure", "2", check=True)
+    image = json.loads(lab.labctl("send", "camera", "Acquire", "--json", check=True).stdout)["value"]["image"]
+    assert image["shape"] == [32, 32]  # acquire's limit follows the exposure (2 x exposure + 10 s)
+    assert lab.device("camera")["pid"] == pid and lab.device("camera")["restarts"] == 0
+
+
+def test_an_unsendable_result_is_a_failure_not_silence(lab):
+    lab.write("""
+[devices.odd]
+driver = "labtest_drivers:Unsendable"
+""")
+    assert lab.up().returncode == 0
+    began = time.monotonic()
+    result = lab.labctl("send", "odd", "Call", "numbers", "--timeout", "20")
+    assert result.returncode == 1 and "UnsendableResult" in result.stderr
+    assert time.monotonic() - began < 10  # answered, not left to the client's 20 s timeout
+    assert lab.labctl("send", "odd", "Call", "ping").stdout.strip() == "pong"
+
+
+def test_a_hanging_constructor_is_ended_by_its_own_alarm_with_no_overlap(lab):
+    journal = lab.dir / "journal.txt"
+    lab.write(f"""
+[devices.stuck]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}", hang = true }}
+init_timeout_s = 1.0
+backoff_s = 0.05
+max_restarts = 2
+[devices.valves]
+driver = "sim-valves"
+""")
+    assert lab.up().returncode == 1
+    stuck = lab.device("stuck")
+    assert stuck["state"] == "failed" and "construction took longer than 1 s" in stuck["last_error"]
+    opened = [line for line in journal.read_text().splitlines() if line.startswith("open ")]
+    assert len(opened) == 3  # the first try and two restarts
+    assert "OVERLAP" not in journal.read_text()  # each started only once the one before was gone
+    assert lab.device("valves")["state"] == "running"

@@ -103,21 +103,21 @@ def test_a_locked_valve_does_not_reach_the_box(valves, emulator):
 
 
 def test_retries_until_an_answer_comes(valves, emulator):
-    emulator.inject("no_reply", count=2)  # retries=3: the third try is answered
+    emulator.inject("no_reply", count=3)  # retried up to 3 times: the fourth try is answered
     before = emulator.received
     assert valves.open("A") == "open"
-    assert emulator.received - before == 3
+    assert emulator.received - before == 4
     assert emulator.level(4) == 1
 
 
 @pytest.mark.parametrize("fault, error", [
     ("no_reply", NoReply), ("garbage", GarbledReply), ("bad_checksum", GarbledReply), ("nak", Rejected)])
 def test_each_fault_on_every_try_raises_its_own_error_then_serving_resumes(valves, emulator, fault, error):
-    emulator.inject(fault, count=3)
-    with pytest.raises(error, match="tried 3 times") as caught:
+    emulator.inject(fault, count=4)
+    with pytest.raises(error, match="tried 4 times") as caught:
         valves.open("A")
     assert caught.type is error
-    assert emulator.received == 3
+    assert emulator.received == 4
     assert valves.open("A") == "open"
 
 
@@ -138,7 +138,7 @@ def test_a_slow_reply_is_retried(valves, emulator):
 
 
 def test_a_late_reply_is_not_taken_for_the_next_answer(emulator):
-    with connect(emulator, retries=1) as driver:
+    with connect(emulator, retries=0) as driver:
         emulator.inject("slow")  # the OK comes 0.3 s late, after the driver gave up at 0.2 s
         with pytest.raises(NoReply):
             driver.open("A")
@@ -161,7 +161,7 @@ def test_unplug_then_reconnect_after_replug(valves, emulator):
 
 def test_a_pyserial_url_is_a_port():
     # loop:// sends every byte back: the box "answers" each command with the command itself.
-    with ArduinoValves("loop://", valves=["A"], timeout=REPLY_S, retries=1) as driver:
+    with ArduinoValves("loop://", valves=["A"], timeout=REPLY_S, retries=0) as driver:
         with pytest.raises(Rejected, match="answered 'w 4 1' to 'w 4 1'"):
             driver.open("A")
 
@@ -187,7 +187,7 @@ def test_bad_configurations_are_refused_before_the_port_is_opened(conf, message)
         ArduinoValves("/nonexistent/tty", valves={"A": 0, "B": 1}, **conf)
 
 
-@pytest.mark.parametrize("conf", [{"retries": 0}, {"timeout": 0}, {"timeout": "1"}, {"baudrate": 0}])
+@pytest.mark.parametrize("conf", [{"retries": -1}, {"timeout": 0}, {"timeout": "1"}, {"baudrate": 0}])
 def test_bad_numbers_are_out_of_range(conf):
     with pytest.raises(OutOfRange):
         ArduinoValves("/nonexistent/tty", valves=["A"], **conf)

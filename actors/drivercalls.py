@@ -1,0 +1,223 @@
+"""Requests turned into driver calls: checked against the driver, run in arrival order on one worker
+thread, their results made fit to send; and what a driver is, described for clients.
+
+The worker keeps the device host's actor thread free while a call blocks: heartbeats are answered,
+replies and notices leave at once, and the host can tell a long call within its time limit from a
+hung one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import queue
+import threading
+import time
+import traceback
+from typing import Any
+
+import attrs
+import numpy as np
+
+from labctl.hardware import Device, LinkError, ValveController, declared_time_limits, remote_methods
+from labctl.hardware import interfaces as hw_interfaces
+
+from . import logs
+from .messages import (MESSAGE_FOR_METHOD, Call, DeviceDescription, DeviceRequest, Failure, Image, MethodInfo,
+                       Reply, Request)
+
+
+@attrs.define
+class Job:
+    """One piece of work for the worker: a request to answer, or (no request) a link to reopen."""
+
+    id: int
+    device: str
+    driver: Device
+    request: Request | None = None
+    reply_to: Any = None
+    args: tuple = ()
+    kwargs: dict = attrs.Factory(dict)
+    limit: float = 0.0
+    reconnect_first: bool = False   # the device's link is down: try to reopen it before the call
+    started: float = 0.0
+
+    @property
+    def method(self) -> str:
+        return self.request.call()[0] if self.request is not None else "reconnect"
+
+
+@attrs.frozen
+class Outcome:
+    """What a job came to: the reply (None for a reconnect) and what happened to the link."""
+
+    job: Job
+    reply: Reply | Failure | None
+    link: str | None = None         # "lost" or "restored" when that changed, else None
+    detail: str = ""
+
+
+def check(drivers: dict[str, Device], request: Request) -> tuple[Device, tuple, dict] | Failure:
+    """The driver a request addresses and its bound arguments, or the failure saying why not."""
+    name, rid = request.device, request.request_id
+    driver = drivers.get(name)
+    if driver is None:
+        return Failure(rid, "unknown_device", "UnknownDevice",
+                       f"no device {name!r} in this process; it has: {', '.join(drivers)}", name)
+    if not isinstance(request, DeviceRequest):
+        return Failure(rid, "unknown_message", "UnknownMessage", f"{type(request).__name__} is not a device request",
+                       name)
+    method_name, args, kwargs = request.call()
+    method = remote_methods(driver).get(method_name)
+    if method is None:
+        return Failure(rid, "unknown_message", "UnknownMessage", unknown_method_text(name, driver, method_name, request),
+                       name)
+    try:
+        inspect.signature(method).bind(*args, **kwargs)
+    except TypeError as exc:
+        return Failure(rid, "bad_argument", "TypeError", f"{name}.{method_name}: {exc}", name)
+    return driver, args, kwargs
+
+
+def run(job: Job) -> Outcome:
+    """Do one job on this thread; never raises (an escaping exception would have Thespian repeat it)."""
+    link, detail = None, ""
+    if job.reconnect_first or job.request is None:
+        try:
+            with logs.driving(job.device):
+                job.driver.reconnect()
+            link = "restored"
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            if job.request is None:
+                return Outcome(job, None, None, detail)
+    if job.request is None:
+        return Outcome(job, None, link)
+    request, rid = job.request, job.request.request_id
+    method = getattr(job.driver, job.method)
+    with logs.driving(job.device):
+        try:
+            value = method(*job.args, **job.kwargs)
+        except Exception as exc:
+            if isinstance(exc, LinkError):
+                link, detail = "lost", str(exc)
+            logs.log_failure(job.device, job.method, job.args, job.kwargs, exc)
+            return Outcome(job, Failure(rid, "driver_error", type(exc).__name__, str(exc), job.device,
+                                        traceback.format_exc()), link, detail)
+    if isinstance(value, np.ndarray):
+        return Outcome(job, Reply(rid, value), link, detail)  # the host wraps it in an Image
+    return Outcome(job, sendable(Reply(rid, plain(value)), request), link, detail)
+
+
+def sendable(reply: Reply, request: Request) -> Reply | Failure:
+    """The reply itself if it can travel (be pickled), else a failure saying why it cannot."""
+    try:
+        pickle.dumps(reply)
+    except Exception as exc:
+        return Failure(request.request_id, "driver_error", "UnsendableResult",
+                       f"{request.device}: the result of {type(request).__name__} cannot be sent "
+                       f"({type(exc).__name__}: {exc}); return plain data or a numpy array", request.device)
+    return reply
+
+
+def plain(value: Any) -> Any:
+    """A driver's result with numpy scalars made Python ones (arrays travel inside an Image)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def image(reply: Reply, frame: int) -> Reply:
+    """A reply whose value is an array, with the array wrapped in an Image carrying its frame number."""
+    return Reply(reply.request_id, Image(reply.value, frame, time.time()))
+
+
+class Worker:
+    """The one thread that calls drivers, in the order jobs arrive; wakes the actor through a pipe."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.thread = threading.Thread(target=self._work, name="labctl-driver", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job."""
+        self.jobs.put(job)
+
+    def post(self, item: Any) -> None:
+        """Hand something to the actor's thread (an outcome, a device's notice) and wake it."""
+        self.done.put(item)
+        os.write(self.wake_w, b"x")
+
+    def collect(self) -> list:
+        """Everything handed over since the last call (on the actor's thread, when woken)."""
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        items = []
+        while True:
+            try:
+                items.append(self.done.get_nowait())
+            except queue.Empty:
+                return items
+
+    def stop(self, timeout: float) -> bool:
+        """Let the current job finish (up to `timeout`) and end the thread; True if it ended."""
+        self.jobs.put(None)
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                outcome = run(job)
+            except BaseException as exc:  # a fault of labctl's own: still answer, keep the thread
+                rid = job.request.request_id if job.request is not None else ""
+                outcome = Outcome(job, Failure(rid, "lab_error", type(exc).__name__,
+                                               f"labctl failed running {job.method}: {exc}", job.device,
+                                               traceback.format_exc()) if job.request is not None else None)
+            self.post(outcome)
+
+
+def describe(name: str, driver: Device) -> DeviceDescription:
+    """What a driver is and what a client may ask of it."""
+    interfaces = tuple(cls.__name__ for cls in type(driver).__mro__
+                       if cls.__module__ == hw_interfaces.__name__ and cls.__name__ != "ABC")
+    methods = []
+    for method_name, method in sorted(remote_methods(driver).items()):
+        message = MESSAGE_FOR_METHOD.get(method_name)
+        methods.append(MethodInfo(method_name, _params(method), inspect.getdoc(method) or "",
+                                  message.__name__ if message else Call.__name__))
+    valves = driver.describe_valves() if isinstance(driver, ValveController) else {}
+    return DeviceDescription(name, type(driver).__name__, interfaces, tuple(methods),
+                             tuple(f"{name}.{sub}" for sub in driver.sub_devices()), valves,
+                             declared_time_limits(driver))
+
+
+def _params(method) -> tuple:
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):
+        return (("args", "VAR_POSITIONAL", False, None, ""), ("kwargs", "VAR_KEYWORD", False, None, ""))
+    params = []
+    for p in signature.parameters.values():
+        has_default = p.default is not p.empty
+        default = p.default if has_default and isinstance(p.default, (int, float, str, bool, type(None))) else None
+        annotation = "" if p.annotation is p.empty else (p.annotation if isinstance(p.annotation, str)
+                                                         else getattr(p.annotation, "__name__", str(p.annotation)))
+        params.append((p.name, p.kind.name, has_default, default, annotation))
+    return tuple(params)
+
+
+def unknown_method_text(name: str, driver: Device, method_name: str, request: Request) -> str:
+    """The error text for a method or message a driver does not have."""
+    accepted = sorted({MESSAGE_FOR_METHOD[m].__name__ for m in remote_methods(driver) if m in MESSAGE_FOR_METHOD})
+    if isinstance(request, Call):
+        return (f"{name} ({type(driver).__name__}) has no method {method_name!r}; "
+                f"methods: {', '.join(sorted(remote_methods(driver)))}")
+    return (f"{name} ({type(driver).__name__}) does not accept {type(request).__name__}; it accepts: "
+            f"{', '.join(accepted + ['Call'])}")
