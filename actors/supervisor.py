@@ -197,7 +197,7 @@ class Supervisor(Actor):
                 self.units[unit.name] = UnitState(unit, policy.Intensity(sup.max_restarts, sup.within_s))
                 for device in unit.devices:
                     self.unit_of[device.name] = unit.name
-            for _, members, _ in self.lab.supervision_groups():
+            for _, members in self.lab.supervision_groups():
                 for member in members:
                     self.group_of[member] = members
             log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),

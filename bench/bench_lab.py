@@ -55,6 +55,34 @@ def median_ms(values: list[float]) -> str:
            f"max {max(values) * 1000:.1f}, n={len(values)})"
 
 
+def measure(port: int, restarts: list, requests: list, frames: list) -> None:
+    """Restart latency of a few devices, request round trips, 8 MiB frames."""
+    lab = connect(port, timeout=10)
+    try:
+        names = [d.name for d in lab.status().devices if d.name != "bigcam"]
+        for name in names[:4]:
+            pid = next(d.pid for d in lab.status().devices if d.name == name)
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while True:
+                try:
+                    lab.send(name, GetStatus(), timeout=5)
+                    break
+                except DeviceUnavailable:
+                    lab.events(lab.events().last_seq, wait_s=0.2)  # wait for the next event, no sleep
+            restarts.append(time.monotonic() - killed)
+        for _ in range(200):
+            began = time.perf_counter()
+            lab.send("d00", GetStatus())
+            requests.append(time.perf_counter() - began)
+        for _ in range(10):
+            began = time.perf_counter()
+            lab.send("bigcam", Acquire())
+            frames.append(time.perf_counter() - began)
+    finally:
+        lab.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=20)
@@ -69,38 +97,16 @@ def main() -> None:
         began = time.monotonic()
         labctl("up", config, "--detach", env=env)
         ups.append(time.monotonic() - began)
-        lab = connect(args.port, timeout=10)
+        record = json.loads((folder / "run" / f"lab-{args.port}.json").read_text())
         try:
-            status = lab.status()
-            names = [d.name for d in status.devices if d.name != "bigcam"]
-            for name in names[:4]:  # restart latency, a few devices per run
-                pid = next(d.pid for d in lab.status().devices if d.name == name)
-                killed = time.monotonic()
-                os.kill(pid, signal.SIGKILL)
-                while True:
-                    try:
-                        lab.send(name, GetStatus(), timeout=5)
-                        break
-                    except DeviceUnavailable:
-                        lab.events(lab.events().last_seq, wait_s=0.2)  # wait for the next event, no sleep
-                restarts.append(time.monotonic() - killed)
-            for _ in range(200):
-                began = time.perf_counter()
-                lab.send("d00", GetStatus())
-                requests.append(time.perf_counter() - began)
-            for _ in range(10):
-                began = time.perf_counter()
-                lab.send("bigcam", Acquire())
-                frames.append(time.perf_counter() - began)
-            record = json.loads((folder / "run" / f"lab-{args.port}.json").read_text())
-        finally:
-            lab.close()
-        pids = processes.session_members(record["session"]) + [record["keeper_pid"]]
-        began = time.monotonic()
-        labctl("down", "--port", args.port, env=env)
-        processes.wait_gone(pids, 10)
-        processes.wait_port_free(args.port)
-        downs.append(time.monotonic() - began)
+            measure(args.port, restarts, requests, frames)
+        finally:  # never leave a lab behind, even when a measurement fails
+            pids = processes.session_members(record["session"]) + [record["keeper_pid"]]
+            began = time.monotonic()
+            labctl("down", "--port", args.port, env=env)
+            processes.wait_gone(pids, 10)
+            processes.wait_port_free(args.port)
+            downs.append(time.monotonic() - began)
     print(f"lab of {args.devices} simulated devices + one 2048x2048 camera, {args.runs} runs")
     print(f"up (all running)      {median_ms(ups)}")
     print(f"restart after SIGKILL {median_ms(restarts)}")

@@ -132,18 +132,19 @@ class Lab:
                 units.append(Unit(group.name, tuple(self.device(name) for name in group.devices)))
         return units
 
-    def supervision_groups(self) -> list[tuple[str, list[str], str]]:
-        """(group name, unit names in order, group strategy): a strategy applies within its group.
+    def supervision_groups(self) -> list[tuple[str, list[str]]]:
+        """(group name, unit names in config order): a strategy applies within its group.
 
-        Each separate group is its own; every other unit belongs to the lab's group, "lab"."""
+        Each separate group is its own; every other unit belongs to the lab's group, "lab". (A
+        group's `strategy` reaches its devices through their supervision settings.)"""
         unit_of = {device.name: unit.name for unit in self.units() for device in unit.devices}
         groups, grouped = [], set()
         for group in self.groups:
             if group.process == "separate":
                 members = [unit_of[name] for name in group.devices]
                 grouped.update(members)
-                groups.append((group.name, members, group.strategy or self.supervision.strategy))
+                groups.append((group.name, members))
         rest = [unit.name for unit in self.units() if unit.name not in grouped]
         if rest:
-            groups.insert(0, ("lab", rest, self.supervision.strategy))
+            groups.insert(0, ("lab", rest))
         return groups

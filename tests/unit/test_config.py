@@ -123,8 +123,8 @@ def test_shared_group_is_one_unit_and_separate_group_a_supervision_group():
                             "optics": {"devices": ["l"], "process": "separate", "strategy": "one_for_all"}}})
     assert [(u.name, [d.name for d in u.devices]) for u in lab.units()] == \
         [("a", ["a"]), ("scope", ["s", "c"]), ("l", ["l"])]
-    assert lab.supervision_groups() == [("lab", ["a", "scope"], "one_for_one"),
-                                        ("optics", ["l"], "one_for_all")]
+    assert lab.supervision_groups() == [("lab", ["a", "scope"]), ("optics", ["l"])]
+    assert lab.device("l").supervision.strategy == "one_for_all" and lab.device("a").supervision.strategy == "one_for_one"
 
 
 def test_check_command(tmp_path):
