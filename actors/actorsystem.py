@@ -8,6 +8,7 @@ stray admin where it only meant to attach. `harden()` must run before a process'
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from thespian.actors import Actor, ActorSystem, InvalidActorAddress
 
-from . import processes
+from . import logs, processes
 from .errors import LabNotRunning
 
 BASE = "multiprocTCPBase"
@@ -58,6 +59,7 @@ def harden(bind: str = "127.0.0.1") -> None:
     if _hardened:
         return
     _hardened = True
+    logs.remember_logging_manager()
     import thespian.system.multiprocCommon as multiproc
     from thespian.system.transport import IPBase
 
@@ -76,6 +78,10 @@ def harden(bind: str = "127.0.0.1") -> None:
             parent = multiprocessing.parent_process()
             processes.die_with_parent(parent.pid if parent is not None else None)
             _close_inherited()
+            # Thespian is about to replace logging's root and manager in this process, as it did in
+            # each process above; loggers made before (a driver module's, imported in the keeper
+            # to check the lab file) would keep pointing at an old root. See logs.adopt_inherited_loggers().
+            logs.remember_logging_manager()
             return start(*args, **kwargs)
         return run
 

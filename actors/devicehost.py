@@ -25,11 +25,11 @@ import numpy as np
 from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
-from labctl.hardware import Device, NotPresent, time_limit_of
+from labctl.hardware import Device, NotPresent
 
 from . import logs
 from .actorsystem import PlacedActor
-from .drivercalls import Job, Outcome, Worker, check, describe, image
+from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
 from .messages import (Construct, Deliver, DeviceNotice, Done, Failure, Hung, Ping, Pong, Reply, StartUnit,
                        UnitFailed, UnitReady, UnitStarted)
 
@@ -92,6 +92,7 @@ class DeviceHost(PlacedActor):
             return  # a repeated StartUnit must not open the hardware twice
         self.supervisor, self.unit, self.incarnation, self.spec = supervisor, message.unit, message.incarnation, message
         logs.tag_records_with_device(message.unit)
+        logs.adopt_inherited_loggers()
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by
         # pid, on any host. Waiting for the answer also makes sure this message has left: one sent
         # just before a blocking call may not, on a connection not yet used.
@@ -110,20 +111,21 @@ class DeviceHost(PlacedActor):
             for device in spec.devices:
                 with logs.driving(device.name):
                     self.construct(device, spec.candidates.get(device.name), spec.run_dir)
+            descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
         except Exception as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             log.error("construction failed: %s: %s", type(exc).__name__, exc)
-            self.release()
+            # Reported first: releasing a half-built group could itself hang (the alarm still runs).
             self.send(self.supervisor, UnitFailed(self.unit, self.incarnation, os.getpid(), type(exc).__name__,
                                                   str(exc), traceback.format_exc()))
+            self.release()
+            signal.setitimer(signal.ITIMER_REAL, 0)
             self.send(self.myAddress, ActorExitRequest())
             return
         signal.setitimer(signal.ITIMER_REAL, 0)
         self.worker = Worker()
         for name, driver in list(self.drivers.items()):
             # Drivers report changes from the worker thread: hand them over to be sent from here.
-            driver.subscribe(lambda event, detail, name=name: self.worker.post((name, event, dict(detail))))
-        descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
+            driver.subscribe(lambda event, detail, name=name: self.worker.post(Notice(name, event, dict(detail))))
         self.send(self.supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions))
         self.wakeupAfter(timedelta(seconds=self.watchdog_s), payload="watchdog")
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
@@ -184,13 +186,28 @@ class DeviceHost(PlacedActor):
         self.emulators.clear()
 
     def stop(self) -> None:
-        """On ActorExitRequest: let a running call finish (briefly), then release the hardware."""
-        if self.worker is not None and not self.worker.stop(self.spec.stop_timeout_s * 0.8 if self.spec else 0.5):
-            log.error("%s is still running; its drivers cannot be shut down cleanly",
-                      self.current.method if self.current else "a call")
-            return
+        """On ActorExitRequest: let a running call finish (briefly) and answer it, answer what never
+        started, then release the hardware."""
+        if self.worker is not None:
+            ended = self.worker.stop(self.spec.stop_timeout_s * 0.8)
+            self.collect(start_next=False)
+            self.refuse_pending("the device is stopping")
+            if not ended:
+                log.error("%s is still running; its drivers cannot be shut down cleanly",
+                          self.current.method if self.current else "a call")
+                return
         log.info("stopping: shutting down %s", ", ".join(name for name, _ in self.owned) or "nothing")
         self.release()
+
+    def refuse_pending(self, why: str) -> None:
+        """Answer every queued request that never started: it was not carried out."""
+        while self.pending:
+            deliver = self.pending.popleft()
+            request = deliver.request
+            self.answer(deliver.reply_to, Failure(
+                request.request_id, "restarting", "DeviceUnavailable",
+                f"{request.device}: {type(request).__name__} was not started: {why}", request.device),
+                request.request_id)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -214,16 +231,9 @@ class DeviceHost(PlacedActor):
                 self.answer(deliver.reply_to, checked, request.request_id)
                 continue
             driver, args, kwargs = checked
-            try:
-                limit = time_limit_of(driver, request.call()[0], args, kwargs) or self.default_limit
-            except Exception as exc:
-                self.answer(deliver.reply_to, Failure(request.request_id, "driver_error", type(exc).__name__,
-                                                      f"{request.device}: its time limit could not be worked out: "
-                                                      f"{exc}", request.device), request.request_id)
-                continue
             owner = self.owner_of(request.device)
-            self.run(Job(0, request.device, driver, request, deliver.reply_to, args, kwargs, limit,
-                         reconnect_first=owner in self.degraded))
+            self.run(Job(0, request.device, driver, self.drivers.get(owner, driver), request, deliver.reply_to,
+                         args, kwargs, self.default_limit, reconnect_first=owner in self.degraded))
 
     def run(self, job: Job) -> None:
         """Start a job on the worker and the clock on its time limit."""
@@ -233,15 +243,21 @@ class DeviceHost(PlacedActor):
         self.worker.submit(job)
         self.wakeupAfter(timedelta(seconds=job.limit), payload=("limit", job.id))
 
-    def collect(self) -> None:
-        """The worker finished something, or a device reported a change: act on it."""
+    def collect(self, start_next: bool = True) -> None:
+        """The worker finished something, worked out a time limit, or a device reported a change."""
         for item in self.worker.collect():
             if isinstance(item, Outcome):
                 self.finished(item)
+            elif isinstance(item, LimitKnown):
+                job = self.current
+                if job is not None and job.id == item.job_id:
+                    job.limit = item.seconds
+                    remaining = job.started + job.limit - time.monotonic()
+                    self.wakeupAfter(timedelta(seconds=max(0.0, remaining)), payload=("limit", job.id))
             else:
-                device, event, detail = item
-                self.send(self.supervisor, DeviceNotice(self.unit, device, event, detail))
-        self.next_job()
+                self.send(self.supervisor, DeviceNotice(self.unit, item.device, item.event, item.detail))
+        if start_next:
+            self.next_job()
 
     def finished(self, outcome: Outcome) -> None:
         """Send a finished call's reply; follow its link going down or coming back."""
@@ -299,13 +315,19 @@ class DeviceHost(PlacedActor):
         """Timers: call time limits, the watchdog on the supervisor, reconnection attempts."""
         if isinstance(payload, tuple) and payload[0] == "limit":
             job = self.current
-            if job is not None and job.id == payload[1] and not self.hung:
-                self.hung = True
-                with logs.driving(job.device):
-                    log.error("%s has run %.1f s, past its time limit of %g s: hung", job.method,
-                              time.monotonic() - job.started, job.limit)
-                self.send(self.supervisor, Hung(self.unit, self.incarnation, job.method, job.limit,
-                                                job.request.request_id if job.request else ""))
+            if job is None or job.id != payload[1] or self.hung:
+                return
+            remaining = job.started + job.limit - time.monotonic()
+            if remaining > 0.001:  # a longer limit became known since this timer was set
+                self.wakeupAfter(timedelta(seconds=remaining), payload=payload)
+                return
+            self.hung = True
+            with logs.driving(job.device):
+                log.error("%s has run %.1f s, past its time limit of %g s: hung", job.method,
+                          time.monotonic() - job.started, job.limit)
+            self.send(self.supervisor, Hung(self.unit, self.incarnation, job.method, job.limit,
+                                            job.request.request_id if job.request else ""))
+            self.refuse_pending(f"{job.device} hung on {job.method}")
         elif payload == "watchdog":
             silent = time.monotonic() - self.last_heard
             if silent > self.watchdog_s:
@@ -322,4 +344,4 @@ class DeviceHost(PlacedActor):
                 self.wakeupAfter(timedelta(seconds=RECONNECT_FIRST_S), payload=payload)
                 return
             driver = next(d for name, d in self.owned if name == owner)
-            self.run(Job(0, owner, driver, limit=self.default_limit))
+            self.run(Job(0, owner, driver, driver, limit=self.default_limit))

@@ -9,6 +9,8 @@ hung one.
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 import os
 import pickle
 import queue
@@ -20,7 +22,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from labctl.hardware import Device, LinkError, ValveController, declared_time_limits, remote_methods
+from labctl.hardware import (Device, LinkError, ValveController, declared_time_limits, remote_methods,
+                             time_limit_of)
 from labctl.hardware import interfaces as hw_interfaces
 
 from . import logs
@@ -35,6 +38,7 @@ class Job:
     id: int
     device: str
     driver: Device
+    link_driver: Device             # whose link to reopen: the device's own, or its controller's
     request: Request | None = None
     reply_to: Any = None
     args: tuple = ()
@@ -46,6 +50,23 @@ class Job:
     @property
     def method(self) -> str:
         return self.request.call()[0] if self.request is not None else "reconnect"
+
+
+@attrs.frozen
+class LimitKnown:
+    """The worker worked out a call's time limit (seconds from the call's start)."""
+
+    job_id: int
+    seconds: float
+
+
+@attrs.frozen
+class Notice:
+    """A device reported a change from within a driver call."""
+
+    device: str
+    event: str
+    detail: dict
 
 
 @attrs.frozen
@@ -80,13 +101,16 @@ def check(drivers: dict[str, Device], request: Request) -> tuple[Device, tuple, 
     return driver, args, kwargs
 
 
-def run(job: Job) -> Outcome:
-    """Do one job on this thread; never raises (an escaping exception would have Thespian repeat it)."""
+def run(job: Job, post) -> Outcome:
+    """Do one job on this thread; never raises (an escaping exception would have Thespian repeat it).
+
+    A call's time limit is worked out here, first (it may ask the hardware, e.g. a camera's
+    exposure), and handed over with `post`; until then the default limit applies."""
     link, detail = None, ""
     if job.reconnect_first or job.request is None:
         try:
             with logs.driving(job.device):
-                job.driver.reconnect()
+                job.link_driver.reconnect()
             link = "restored"
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
@@ -98,6 +122,13 @@ def run(job: Job) -> Outcome:
     method = getattr(job.driver, job.method)
     with logs.driving(job.device):
         try:
+            limit = time_limit_of(job.driver, job.method, job.args, job.kwargs)
+            if limit is not None:
+                if math.isfinite(limit) and limit > 0:
+                    post(LimitKnown(job.id, limit))
+                else:
+                    logging.getLogger("labctl.devicehost").warning(
+                        "%s's time limit came out as %r; using the default, %g s", job.method, limit, job.limit)
             value = method(*job.args, **job.kwargs)
         except Exception as exc:
             if isinstance(exc, LinkError):
@@ -105,7 +136,7 @@ def run(job: Job) -> Outcome:
             logs.log_failure(job.device, job.method, job.args, job.kwargs, exc)
             return Outcome(job, Failure(rid, "driver_error", type(exc).__name__, str(exc), job.device,
                                         traceback.format_exc()), link, detail)
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
         return Outcome(job, Reply(rid, value), link, detail)  # the host wraps it in an Image
     return Outcome(job, sendable(Reply(rid, plain(value)), request), link, detail)
 
@@ -174,7 +205,7 @@ class Worker:
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
             try:
-                outcome = run(job)
+                outcome = run(job, self.post)
             except BaseException as exc:  # a fault of labctl's own: still answer, keep the thread
                 rid = job.request.request_id if job.request is not None else ""
                 outcome = Outcome(job, Failure(rid, "lab_error", type(exc).__name__,

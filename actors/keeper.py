@@ -84,7 +84,9 @@ class Keeper:
             keeper_pid=os.getpid(), admin_pid=admin_pid, supervisor_pid=reply.value["pid"],
             session=processes.session_of(admin_pid) or 0, admin_cmdline=processes.cmdline(admin_pid),
             detached=self.detached, keeper_started=processes.start_time(os.getpid()) or 0,
-            admin_started=processes.start_time(admin_pid) or 0)
+            admin_started=processes.start_time(admin_pid) or 0,
+            supervisor_started=processes.start_time(reply.value["pid"]) or 0,
+            stop_timeout_s=max((d.supervision.stop_timeout_s for d in self.lab.devices), default=1.0))
         runstate.write(self.record)
 
     # -- watch ------------------------------------------------------------------------------

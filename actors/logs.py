@@ -69,6 +69,28 @@ def log_config(log_dir: str, level: str = "INFO") -> dict:
             "root": {"level": level, "handlers": ["lab", "devices"]}}
 
 
+# logging's managers of the processes this one descends from (the keeper's, the admin's, ...).
+_inherited_managers: list[logging.Manager] = []
+
+
+def remember_logging_manager() -> None:
+    """Note this process's logging manager before Thespian replaces it in a forked child."""
+    if logging.Logger.manager not in _inherited_managers:
+        _inherited_managers.append(logging.Logger.manager)
+
+
+def adopt_inherited_loggers() -> None:
+    """In an actor's process: route loggers made in the processes it was forked from to Thespian's
+    log forwarder, as if they had been made here."""
+    for manager in _inherited_managers:
+        if manager is logging.Logger.manager:
+            continue
+        for logger in list(manager.loggerDict.values()):
+            if isinstance(logger, logging.Logger) and not logger.handlers:
+                logger.parent = logging.root
+                logger.manager = logging.Logger.manager
+
+
 def tag_records_with_device(default: str) -> None:
     """In a device host's process: stamp each log record with the device being driven.
 

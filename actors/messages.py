@@ -456,12 +456,14 @@ class DeviceNotice:
 class Reap:
     """Supervisor -> Reaper: kill this device process on your host, answer Reaped once it is gone."""
     pid: int
+    host: str = ""
 
 
 @frozen
 class Reaped:
     """Reaper -> supervisor: the process is gone (or `gone` is False: it would not die)."""
     pid: int
+    host: str
     gone: bool
 
 

@@ -31,5 +31,5 @@ class Reaper(PlacedActor):
             except ProcessLookupError:
                 pass
         gone = not processes.wait_gone([message.pid], 2.0)
-        self.send(sender, Reaped(message.pid, gone))
+        self.send(sender, Reaped(message.pid, message.host, gone))
         self.send(self.myAddress, ActorExitRequest())

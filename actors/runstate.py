@@ -48,6 +48,12 @@ class LabRecord:
     detached: bool = False
     keeper_started: int = 0   # start times (clock ticks since boot): a reused pid is not the same process
     admin_started: int = 0
+    supervisor_started: int = 0
+    stop_timeout_s: float = 1.0   # the longest any device may take to shut down
+
+    def supervisor_running(self) -> bool:
+        """Whether the recorded supervisor still runs (the very process, not a reuse of its pid)."""
+        return bool(self.supervisor_started) and _running(self.supervisor_pid, self.supervisor_started)
 
     def lab_processes(self) -> list[int]:
         """Live processes of this lab's session (never a stranger that reused the session number)."""

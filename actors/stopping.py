@@ -20,20 +20,21 @@ from .errors import LabNotRunning
 from .messages import GetLabStatus, LabStatus, Reply, StopLab
 
 SUPERVISOR_CLASS = "labctl.actors.supervisor.Supervisor"
-STOP_TIMEOUT_S = 1.6      # the supervisor's own stop takes at most stop_timeout_s (1 s) per device, in parallel
-DEVICE_STOP_S = 1.0       # how long a device process gets after SIGTERM before SIGKILL
+STOP_MARGIN_S = 0.6       # the supervisor stops every device in parallel, within its stop_timeout_s
 
 log = logging.getLogger("labctl.stopping")
 
 
 def stop_in_order(system, supervisor, record: runstate.LabRecord | None) -> None:
     """Stop every device through the supervisor (or by signal if it does not answer), then the admin."""
+    stop_timeout = record.stop_timeout_s if record is not None else 1.0
     try:
-        reply = system.ask(supervisor, StopLab(request_id=uuid.uuid4().hex), STOP_TIMEOUT_S)
+        reply = system.ask(supervisor, StopLab(request_id=uuid.uuid4().hex), stop_timeout + STOP_MARGIN_S)
     except ActorSystemException as exc:
         log.warning("asking the supervisor to stop the devices: %s", exc)
         reply = None
-    if not isinstance(reply, Reply) and record is not None:
+    if not isinstance(reply, Reply) and record is not None and record.supervisor_running():
+        # A hung supervisor (a replacement would answer "not ready": it has nothing to stop).
         log.warning("the supervisor (pid %d) did not stop the devices; stopping them by signal", record.supervisor_pid)
         devices = [pid for pid in record.lab_processes() if processes.parent_of(pid) == record.supervisor_pid]
         for pid in devices:
@@ -41,7 +42,7 @@ def stop_in_order(system, supervisor, record: runstate.LabRecord | None) -> None
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        processes.kill_all(processes.wait_gone(devices, DEVICE_STOP_S) | {record.supervisor_pid}, timeout=1.0)
+        processes.kill_all(processes.wait_gone(devices, stop_timeout) | {record.supervisor_pid}, timeout=1.0)
     try:
         system.shutdown()
     except ActorSystemException as exc:

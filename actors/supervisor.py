@@ -36,7 +36,8 @@ log = logging.getLogger("labctl.supervisor")
 
 EVENTS_KEPT = 2000
 PROBE_FIRST_S = 0.5
-REAP_TIMEOUT_S = 2.0
+REAP_TIMEOUT_S = 5.0      # a Reaper itself waits up to 2 s for its process to go
+REAP_MARGIN_S = 1.0
 INIT_GRACE_S = 1.0
 EXIT_RECHECK_S = 0.005
 
@@ -107,7 +108,7 @@ class Supervisor(Actor):
         self.stop_waiters: list[tuple[Any, str]] = []
         self.remote_file = ""
         self.remote_pids: dict[str, tuple[str, int]] = {}   # unit -> (host, pid) of remote processes
-        self.reaps: list[tuple[int, str]] = []               # (pid, unit) waiting for a Reaper
+        self.reaps: list[tuple[str, int, str]] = []          # (host, pid, unit) waiting for a Reaper
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -321,27 +322,27 @@ class Supervisor(Actor):
             if unit is None:
                 continue
             unit.reaping = True
-            self.reaps.append((pid, name))
+            self.reaps.append((host, pid, name))
             reaper = self.createActor(Reaper, targetActorRequirements={HOST_CAPABILITY: host})
-            self.send(reaper, Reap(pid))
-            self.after(REAP_TIMEOUT_S + 1.0, ("reap_timeout", name, pid))
+            self.send(reaper, Reap(pid, host))
+            # If no reaper confirms (its host is unreachable), the old process ends by itself once
+            # its watchdog hears no heartbeat; launch only after that.
+            sup = unit.spec.supervision
+            self.after(max(3.0, sup.heartbeat_s * (sup.heartbeat_misses + 2)) + REAP_MARGIN_S,
+                       ("reap_deadline", name, pid))
 
     def reaped(self, message: Reaped) -> None:
-        """A reaper is done: launch the unit that waited for it."""
-        for pid, name in list(self.reaps):
-            if pid == message.pid:
-                self.reaps.remove((pid, name))
-                self.reap_finished(name, message.gone)
+        """A reaper is done: launch the unit that waited for it, if its old process is gone."""
+        for host, pid, name in list(self.reaps):
+            if (host, pid) == (message.host, message.pid) and message.gone:
+                self.reaps.remove((host, pid, name))
+                self.reap_finished(name)
 
-    def reap_finished(self, name: str, gone: bool) -> None:
+    def reap_finished(self, name: str) -> None:
         unit = self.units[name]
-        if not unit.reaping:
-            return
-        unit.reaping = False
-        if not gone:
-            log.error("%s: the previous process may still run on host %s", name, unit.spec.host,
-                      extra={"device": name})
-        self.launch(unit)
+        if unit.reaping:
+            unit.reaping = False
+            self.launch(unit)
 
     def unit_ready(self, message: UnitReady) -> None:
         """A unit's drivers are up: running, heartbeats start."""
@@ -522,7 +523,7 @@ class Supervisor(Actor):
             # A remote process: a Reaper on its host kills it. If that host is gone too, no exit
             # will ever be reported, so the unit is handled as ended after REAP_TIMEOUT_S.
             reaper = self.createActor(Reaper, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
-            self.send(reaper, Reap(unit.pid))
+            self.send(reaper, Reap(unit.pid, unit.spec.host))
             self.after(REAP_TIMEOUT_S, ("reaped", unit.name, unit.incarnation))
             return
         self.child_exited(unit.address)
@@ -689,15 +690,17 @@ class Supervisor(Actor):
         unit = self.units.get(payload[1])
         if unit is None:
             return
-        if kind == "reap_timeout":
-            if (payload[2], unit.name) in self.reaps:
-                self.reaps.remove((payload[2], unit.name))
-                self.reap_finished(unit.name, gone=False)
+        if kind == "reap_deadline":
+            for entry in [r for r in self.reaps if r[1:] == (payload[2], unit.name)]:
+                self.reaps.remove(entry)
+                log.warning("%s: no reaper confirmed the end of old process %d; its watchdog has ended it by now",
+                            unit.name, payload[2], extra={"device": unit.name})
+                self.reap_finished(unit.name)
             return
         if kind == "launch" and payload[2] == unit.start_token and unit.address is None and not self.stopping:
             self.launch(unit)
         elif kind == "beat" and payload[2] == unit.incarnation and unit.address is not None \
-                and unit.state == "running":
+                and unit.state == "running" and unit.exit_plan is None:
             self.beat(unit)
         elif kind == "init_timeout" and payload[2] == unit.incarnation and unit.address is not None \
                 and unit.state != "running":

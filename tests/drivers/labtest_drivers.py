@@ -6,7 +6,13 @@ import os
 import time
 from pathlib import Path
 
-from labctl.hardware import Device, FloatingDevice, HardwareError, time_limit
+import logging
+
+import numpy as np
+
+from labctl.hardware import Device, FloatingDevice, HardwareError, LinkError, time_limit
+
+log = logging.getLogger(__name__)  # made when the lab file is checked, before any fork
 from labctl.hardware.simulated import SimValves
 
 
@@ -64,6 +70,7 @@ class Counter(Device):
     def bump(self) -> int:
         with self.path.open("a") as f:
             f.write("x")
+        log.warning("bumping %s, from the driver's own module logger", self.path.name)
         raise HardwareError("bump always fails")
 
     def ping(self) -> str:
@@ -147,3 +154,46 @@ class FloatingEcho(ConfEcho, FloatingDevice):
 
     def candidate(self) -> int:
         return self._candidate
+
+
+class SlowShutdown(SimValves):
+    """Valves whose shutdown takes `seconds`, journaled at its start and its end."""
+
+    def __init__(self, journal: str, seconds: float) -> None:
+        super().__init__(("A",))
+        self.journal, self.seconds = Path(journal), seconds
+
+    def _do_shutdown(self) -> None:
+        with self.journal.open("a") as f:
+            f.write("shutdown start\n")
+        time.sleep(self.seconds)
+        with self.journal.open("a") as f:
+            f.write("shutdown end\n")
+
+
+class Limited(Device):
+    """Time limits worked out per call: one from the hardware (which may have gone), one from the
+    arguments (which may be nonsense); the link is down while the file `unplugged` exists."""
+
+    def __init__(self, unplugged: str) -> None:
+        self.unplugged = Path(unplugged)
+
+    def exposure(self) -> float:
+        if self.unplugged.exists():
+            raise LinkError("camera gone")
+        return 0.5
+
+    @time_limit(lambda device: device.exposure() + 5)
+    def shoot(self) -> str:
+        return "shot"
+
+    @time_limit(lambda device, seconds: seconds)
+    def wait(self, seconds: float) -> float:
+        time.sleep(max(0.0, seconds))
+        return seconds
+
+    def objects(self):
+        return np.array([lambda: 0, 1], dtype=object)
+
+    def reconnect(self) -> None:
+        self.exposure()

@@ -273,9 +273,14 @@ def test_dead_lab_after_keeper_and_admin_are_killed_leaves_nothing(lab):
 
 
 def test_logs_one_file_per_device_each_line_naming_its_device(lab):
-    lab.write(SMALL_LAB)
+    lab.write(SMALL_LAB + f"""
+[devices.counter]
+driver = "labtest_drivers:Counter"
+conf = {{ path = "{lab.dir / 'count.txt'}" }}
+""")
     assert lab.up().returncode == 0
     lab.labctl("send", "valves", "OpenValve", "A", check=True)
+    lab.labctl("send", "counter", "Call", "bump")
     lab.labctl("send", "furnace", "SetSetpoint", "99999")  # a failure, logged by the device's process
     assert lab.labctl("down").returncode == 0
     logs = lab.log_dir
@@ -283,6 +288,8 @@ def test_logs_one_file_per_device_each_line_naming_its_device(lab):
     valves = (logs / "valves.log").read_text().splitlines()
     assert valves and all("[valves]" in line for line in valves if line[:4].isdigit())
     assert any("valve=A state=open" in line for line in valves)
+    counter_lines = (logs / "counter.log").read_text()
+    assert "bumping count.txt, from the driver's own module logger" in counter_lines  # not lost to keeper.out
     furnace = (logs / "furnace.log").read_text()
     assert "out of range" in furnace and "[valves]" not in furnace
     assert "[furnace]" in (logs / "lab.log").read_text()
@@ -310,6 +317,24 @@ def test_down_after_the_keeper_died_stops_the_lab_in_order(lab):
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
     assert f"shutdown {device}" in journal.read_text()  # the driver's shutdown still ran
     assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
+
+
+def test_down_never_signals_a_process_that_reused_a_recorded_pid(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    path = lab.dir / "run" / f"lab-{lab.port}.json"
+    record = json.loads(path.read_text())
+    os.kill(record["keeper_pid"], signal.SIGKILL)
+    os.kill(record["supervisor_pid"], signal.SIGKILL)
+    stranger = lab.popen_python("import time; time.sleep(120)")
+    try:
+        record["supervisor_pid"] = stranger.pid  # as if the dead supervisor's pid had been reused
+        path.write_text(json.dumps(record))
+        assert lab.labctl("down").returncode == 0
+        assert stranger.poll() is None  # not the recorded process (its start time differs): untouched
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_down_with_a_hung_supervisor_still_shuts_every_driver_down(lab):

@@ -377,3 +377,87 @@ driver = "sim-valves"
     assert len(opened) == 3  # the first try and two restarts
     assert "OVERLAP" not in journal.read_text()  # each started only once the one before was gone
     assert lab.device("valves")["state"] == "running"
+
+
+def test_a_slow_driver_shutdown_gets_its_stop_timeout(lab):
+    journal = lab.dir / "journal.txt"
+    lab.write(f"""
+[devices.slow]
+driver = "labtest_drivers:SlowShutdown"
+conf = {{ journal = "{journal}", seconds = 2.0 }}
+stop_timeout_s = 6.0
+heartbeat_s = 0.3
+heartbeat_misses = 2
+""")
+    assert lab.up().returncode == 0
+    down = lab.labctl("down")
+    assert down.returncode == 0
+    assert journal.read_text().splitlines() == ["shutdown start", "shutdown end"]  # not killed half-way
+
+
+def test_time_limits_worked_out_per_call(lab):
+    unplugged = lab.dir / "unplugged"
+    lab.write(f"""
+[devices.cam]
+driver = "labtest_drivers:Limited"
+conf = {{ unplugged = "{unplugged}" }}
+heartbeat_s = 0.2
+heartbeat_misses = 2
+""")
+    assert lab.up().returncode == 0
+    pid = lab.pids()["cam"]
+    assert lab.labctl("send", "cam", "Call", "shoot").stdout.strip() == "shot"
+    assert lab.labctl("send", "cam", "Call", "wait", "-5").stdout.strip() == "-5"  # a nonsense limit: the default
+    unplugged.touch()  # the limit's own hardware query loses the link: degraded, not an error
+    lost = lab.labctl("send", "cam", "Call", "shoot")
+    assert lost.returncode == 1 and "LinkError" in lost.stderr
+    lab.wait_for(lambda s: s["devices"][0]["degraded"], what="degraded")
+    unplugged.unlink()
+    lab.wait_for(lambda s: not s["devices"][0]["degraded"], what="recovered by itself")
+    assert lab.labctl("send", "cam", "Call", "shoot").stdout.strip() == "shot"
+    odd = lab.labctl("send", "cam", "Call", "objects")
+    assert odd.returncode == 1 and "UnsendableResult" in odd.stderr
+    assert lab.device("cam")["pid"] == pid and lab.device("cam")["restarts"] == 0
+
+
+def test_a_call_that_finishes_during_a_restart_still_gets_its_reply(lab, client_for):
+    lab.write("""
+[devices.slow]
+driver = "labtest_drivers:Sleeper"
+stop_timeout_s = 3.0
+""")
+    assert lab.up().returncode == 0
+    client = client_for(lab, timeout=10)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(value=client.send("slow", Call("nap", (0.8,)))))
+    worker.start()
+    time.sleep(0.2)  # the nap is under way (a client cannot see that any other way)
+    assert lab.labctl("restart", "slow").returncode == 0
+    worker.join(timeout=20)
+    assert outcome.get("value") == 0.8  # the reply of a call that completed, not "may or may not"
+
+
+def test_requests_queued_behind_a_hang_are_told_they_never_started(lab, client_for):
+    lab.write("""
+[devices.slow]
+driver = "labtest_drivers:Sleeper"
+heartbeat_s = 0.2
+heartbeat_misses = 2
+""")
+    assert lab.up().returncode == 0
+    client = client_for(lab, timeout=10)
+    errors = {}
+
+    def send(key, call):
+        try:
+            client.send("slow", call)
+        except DeviceUnavailable as exc:
+            errors[key] = exc.text
+
+    hang = threading.Thread(target=send, args=("nap", Call("nap", (30,))))
+    hang.start()
+    time.sleep(0.1)  # the nap is under way; this one queues behind it
+    send("ping", Call("ping"))
+    hang.join(timeout=20)
+    assert "hung" in errors["nap"]
+    assert "was not started" in errors["ping"]
