@@ -25,6 +25,7 @@ SUPERVISOR_NAME = "labctl.supervisor"
 HOST_CAPABILITY = "labctl.host"
 LAB_CAPABILITY = "labctl.lab"
 CONVENTION_CAPABILITY = "Convention Address.IPv4"
+ADMIN_SHUTDOWN_S = 2.0
 
 # pid -> exit code of this process's children that Thespian has reaped; the supervisor reads it to
 # say how a device's process ended ("killed by SIGKILL").
@@ -60,6 +61,11 @@ def harden(bind: str = "127.0.0.1") -> None:
         return
     _hardened = True
     logs.remember_logging_manager()
+    import thespian.system.systemBase as system_base
+
+    # An admin shuts down in tens of milliseconds; one that does not (stopped, hung) is not waited
+    # on for Thespian's 10 s: whoever stops a lab kills what is left afterwards anyway.
+    system_base.MAX_SYSTEM_SHUTDOWN_DELAY = timedelta(seconds=ADMIN_SHUTDOWN_S)
     import thespian.system.multiprocCommon as multiproc
     from thespian.system.transport import IPBase
 

@@ -396,3 +396,14 @@ def test_send_json_reports_every_failure_as_json(lab):
         reply = json.loads(result.stdout)
         assert result.returncode == 1 and reply["ok"] is False and reply["error"]["type"] == kind, result.stdout
         assert reply["error"]["message"]
+
+
+def test_down_with_a_hung_admin_is_bounded_and_clean(lab):
+    lab.write(SMALL_LAB)
+    assert lab.up().returncode == 0
+    record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+    os.kill(record["admin_pid"], signal.SIGSTOP)
+    began = time.monotonic()
+    assert lab.labctl("down").returncode == 0
+    assert time.monotonic() - began < 8  # generous; Thespian's own shutdown waited 10 s here
+    assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
