@@ -30,8 +30,8 @@ from labctl.hardware import Device, NotPresent
 from . import logs
 from .actorsystem import PlacedActor
 from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
-from .messages import (Construct, Deliver, DeviceNotice, Done, Failure, Hung, Ping, Pong, Reply, StartUnit,
-                       UnitFailed, UnitReady, UnitStarted)
+from .messages import (Construct, Deliver, DeviceNotice, Done, Failure, Hung, NotStarted, Ping, Pong, Reply,
+                       StartUnit, UnitFailed, UnitReady, UnitStarted)
 
 log = logging.getLogger("labctl.devicehost")
 
@@ -63,8 +63,12 @@ class DeviceHost(PlacedActor):
     def receiveMessage(self, message, sender):
         try:
             if isinstance(message, Deliver):
-                self.pending.append(message)
-                self.next_job()
+                if self.hung:  # it can never start here; the supervisor answers (this process is doomed)
+                    self.send(self.supervisor, NotStarted(self.unit, self.incarnation,
+                                                          (message.request.request_id,), "the device is hung"))
+                else:
+                    self.pending.append(message)
+                    self.next_job()
             elif isinstance(message, WatchMessage):
                 self.collect()
             elif isinstance(message, Ping):
@@ -325,9 +329,12 @@ class DeviceHost(PlacedActor):
             with logs.driving(job.device):
                 log.error("%s has run %.1f s, past its time limit of %g s: hung", job.method,
                           time.monotonic() - job.started, job.limit)
+            # The queued requests never started. The supervisor answers them: a reply sent from here
+            # now could be lost when this process is killed, a moment from now.
+            not_started = tuple(deliver.request.request_id for deliver in self.pending)
+            self.pending.clear()
             self.send(self.supervisor, Hung(self.unit, self.incarnation, job.method, job.limit,
-                                            job.request.request_id if job.request else ""))
-            self.refuse_pending(f"{job.device} hung on {job.method}")
+                                            job.request.request_id if job.request else "", not_started))
         elif payload == "watchdog":
             silent = time.monotonic() - self.last_heard
             if silent > self.watchdog_s:

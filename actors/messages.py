@@ -387,12 +387,23 @@ class Construct:
 
 @frozen
 class Hung:
-    """DeviceHost -> supervisor: a driver call has run past its time limit; kill this process."""
+    """DeviceHost -> supervisor: a driver call has run past its time limit; kill this process.
+    The requests queued behind it never started; the supervisor tells their clients so."""
     unit: str
     incarnation: int
     method: str
     limit_s: float
     request_id: str = ""
+    not_started: tuple = ()
+
+
+@frozen
+class NotStarted:
+    """DeviceHost -> supervisor: these requests will never run here (it is hung); tell their clients."""
+    unit: str
+    incarnation: int
+    request_ids: tuple
+    why: str
 
 
 @frozen

@@ -25,9 +25,9 @@ from . import policy, processes, runstate
 from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
 from .messages import (Construct, Deliver, DescribeDevice, DeviceDescription, DeviceInfo, DeviceNotice,
-                       DeviceRequest, Done, Event, Events, Failure, GetEvents, GetLabStatus, Hung, InitLab, LabStatus, Ping,
-                       Pong, ProbeRequest, ProbeResult, Reap, Reaped, Reply, Request, RestartDevice, StartUnit, StopLab,
-                       UnitFailed, UnitReady, UnitStarted)
+                       DeviceRequest, Done, Event, Events, Failure, GetEvents, GetLabStatus, Hung, InitLab, LabStatus,
+                       NotStarted, Ping, Pong, ProbeRequest, ProbeResult, Reap, Reaped, Reply, Request, RestartDevice,
+                       StartUnit, StopLab, UnitFailed, UnitReady, UnitStarted)
 from .processes import exit_cause
 from .prober import Prober
 from .reaper import Reaper
@@ -140,6 +140,8 @@ class Supervisor(Actor):
             self.unit_started(message)
         elif isinstance(message, Hung):
             self.hung(message)
+        elif isinstance(message, NotStarted):
+            self.not_started(message.request_ids, message.why)
         elif isinstance(message, Reaped):
             self.reaped(message)
         elif isinstance(message, UnitReady):
@@ -301,10 +303,21 @@ class Supervisor(Actor):
     def hung(self, message: Hung) -> None:
         """A device host reports a driver call past its time limit: kill it, it cannot recover."""
         unit = self.units.get(message.unit)
+        self.not_started(message.not_started, f"{message.unit} hung on {message.method}")
         if unit is not None and unit.incarnation == message.incarnation and unit.address is not None:
             limit = (f"its time limit of {message.limit_s:g} s" if message.method in self.declared_limits(unit)
                      else f"{message.limit_s:g} s (no time limit declared: heartbeat_s x heartbeat_misses)")
             self.kill(unit, f"hung: {message.method} ran past {limit}")
+
+    def not_started(self, request_ids, why: str) -> None:
+        """Tell the clients of requests a device host never started that they were not carried out."""
+        for request_id in request_ids:
+            flight = self.inflight.pop(request_id, None)
+            if flight is not None:
+                self.send(flight.reply_to, Failure(
+                    request_id, "restarting", "DeviceUnavailable",
+                    f"{flight.device}: {flight.message} was not started ({why}); it was not carried out",
+                    flight.device))
 
     @staticmethod
     def declared_limits(unit: UnitState) -> set[str]:
