@@ -124,7 +124,7 @@ def harden(bind: str = "127.0.0.1") -> None:
     multiproc.multiprocessCommon._startAdmin = start_admin
 
 
-def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, log_defs: dict,
+def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str,
                 leader: tuple[str, int] | None = None) -> ActorSystem:
     """Start a new admin for a lab on this host (joining the `leader`'s convention if given); the
     caller must have checked that the port is free."""
@@ -136,7 +136,7 @@ def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, lo
                     "Process Startup Method": "fork"}
     if leader is not None:
         capabilities[CONVENTION_CAPABILITY] = leader
-    return ActorSystem(BASE, capabilities, logDefs=log_defs, transientUnique=True)
+    return ActorSystem(BASE, capabilities, logDefs=logs.log_config(log_dir), transientUnique=True)
 
 
 def attach(port: int, address: str = "127.0.0.1", timeout: float = 2.0) -> ActorSystem:

@@ -25,7 +25,7 @@ import numpy as np
 from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
-from labctl.hardware import Device, NotPresent
+from labctl.hardware import Device, NotPresent, remote_methods
 
 from . import logs
 from .actorsystem import PlacedActor
@@ -44,11 +44,10 @@ class DeviceHost(PlacedActor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.unit = ""
-        self.incarnation = 0
         self.supervisor = None
         self.spec: StartUnit | None = None
         self.drivers: dict[str, Device] = {}        # every addressable name, sub-devices included
+        self.methods: dict[str, dict] = {}          # name -> its driver's remote methods, found once
         self.owned: list[tuple[str, Device]] = []   # what to shut down, in construction order
         self.emulators: list = []
         self.degraded: dict[str, int] = {}          # device -> reconnect attempts so far
@@ -94,7 +93,7 @@ class DeviceHost(PlacedActor):
         """Learn what to run and report this process's pid; construction waits for Construct."""
         if self.supervisor is not None:
             return  # a repeated StartUnit must not open the hardware twice
-        self.supervisor, self.unit, self.incarnation, self.spec = supervisor, message.unit, message.incarnation, message
+        self.supervisor, self.spec = supervisor, message
         logs.tag_records_with_device(message.unit)
         logs.adopt_inherited_loggers()
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by
@@ -110,12 +109,13 @@ class DeviceHost(PlacedActor):
         # A constructor stuck in a blocking call is ended by the kernel: SIGALRM's default action
         # terminates the process, whatever the Python code is doing.
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, spec.init_timeout_s)
+        signal.setitimer(signal.ITIMER_REAL, spec.supervision.init_timeout_s)
         try:
             for device in spec.devices:
                 with logs.driving(device.name):
                     self.construct(device, spec.candidates.get(device.name), spec.run_dir)
             descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
+            self.methods = {name: remote_methods(driver) for name, driver in self.drivers.items()}
         except Exception as exc:
             log.error("construction failed: %s: %s", type(exc).__name__, exc)
             # Reported first: releasing a half-built group could itself hang (the alarm still runs).
@@ -131,7 +131,7 @@ class DeviceHost(PlacedActor):
             # Drivers report changes from the worker thread: hand them over to be sent from here.
             driver.subscribe(lambda event, detail, name=name: self.worker.post(Notice(name, event, dict(detail))))
         self.send(self.supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions))
-        self.wakeupAfter(timedelta(seconds=self.watchdog_s), payload="watchdog")
+        self.wakeupAfter(timedelta(seconds=self.spec.supervision.watchdog_s), payload="watchdog")
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
 
     def construct(self, spec, candidate: int | None, run_dir: str) -> None:
@@ -193,7 +193,7 @@ class DeviceHost(PlacedActor):
         """On ActorExitRequest: let a running call finish (briefly) and answer it, answer what never
         started, then release the hardware."""
         if self.worker is not None:
-            ended = self.worker.stop(self.spec.stop_timeout_s * 0.8)
+            ended = self.worker.stop(self.spec.supervision.stop_timeout_s * 0.8)
             self.collect(start_next=False)
             self.refuse_pending("the device is stopping")
             if not ended:
@@ -216,28 +216,28 @@ class DeviceHost(PlacedActor):
     # -- requests ---------------------------------------------------------------------------
 
     @property
-    def default_limit(self) -> float:
-        """How long a call without a declared time limit may block: the heartbeats' tolerance."""
-        return self.spec.heartbeat_s * self.spec.heartbeat_misses
+    def unit(self) -> str:
+        """The unit this process runs ('' until told)."""
+        return self.spec.unit if self.spec is not None else ""
 
     @property
-    def watchdog_s(self) -> float:
-        """How long without a heartbeat before this host decides its supervisor is gone."""
-        return max(3.0, self.spec.heartbeat_s * (self.spec.heartbeat_misses + 2))
+    def incarnation(self) -> int:
+        """Which start of the unit this process is, as the supervisor counts them."""
+        return self.spec.incarnation if self.spec is not None else 0
 
     def next_job(self) -> None:
         """Hand the next request to the worker if it is free; answer at once those that cannot run."""
         while self.current is None and self.pending and not self.hung:
             deliver = self.pending.popleft()
             request = deliver.request
-            checked = check(self.drivers, request)
+            checked = check(self.drivers, self.methods, request)
             if isinstance(checked, Failure):
                 self.answer(deliver.reply_to, checked, request.request_id)
                 continue
             driver, args, kwargs = checked
             owner = self.owner_of(request.device)
             self.run(Job(0, request.device, driver, self.drivers.get(owner, driver), request, deliver.reply_to,
-                         args, kwargs, self.default_limit, reconnect_first=owner in self.degraded))
+                         args, kwargs, self.spec.supervision.call_limit_s, reconnect_first=owner in self.degraded))
 
     def run(self, job: Job) -> None:
         """Start a job on the worker and the clock on its time limit."""
@@ -337,12 +337,12 @@ class DeviceHost(PlacedActor):
                                             job.request.request_id if job.request else "", not_started))
         elif payload == "watchdog":
             silent = time.monotonic() - self.last_heard
-            if silent > self.watchdog_s:
+            if silent > self.spec.supervision.watchdog_s:
                 # The supervisor is gone (a remote host's parent-death signal cannot reach us).
                 log.error("no word from the supervisor for %.1f s; shutting down", silent)
                 self.send(self.myAddress, ActorExitRequest())
             else:
-                self.wakeupAfter(timedelta(seconds=self.watchdog_s), payload="watchdog")
+                self.wakeupAfter(timedelta(seconds=self.spec.supervision.watchdog_s), payload="watchdog")
         elif isinstance(payload, tuple) and payload[0] == "reconnect":
             owner = payload[1]
             if owner not in self.degraded:
@@ -351,4 +351,4 @@ class DeviceHost(PlacedActor):
                 self.wakeupAfter(timedelta(seconds=RECONNECT_FIRST_S), payload=payload)
                 return
             driver = next(d for name, d in self.owned if name == owner)
-            self.run(Job(0, owner, driver, driver, limit=self.default_limit))
+            self.run(Job(0, owner, driver, driver, limit=self.spec.supervision.call_limit_s))

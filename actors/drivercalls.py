@@ -79,8 +79,11 @@ class Outcome:
     detail: str = ""
 
 
-def check(drivers: dict[str, Device], request: Request) -> tuple[Device, tuple, dict] | Failure:
-    """The driver a request addresses and its bound arguments, or the failure saying why not."""
+def check(drivers: dict[str, Device], methods: dict[str, dict],
+          request: Request) -> tuple[Device, tuple, dict] | Failure:
+    """The driver a request addresses and its bound arguments, or the failure saying why not.
+
+    `methods` holds each driver's remote methods, found once (not per request) with remote_methods."""
     name, rid = request.device, request.request_id
     driver = drivers.get(name)
     if driver is None:
@@ -90,7 +93,7 @@ def check(drivers: dict[str, Device], request: Request) -> tuple[Device, tuple, 
         return Failure(rid, "unknown_message", "UnknownMessage", f"{type(request).__name__} is not a device request",
                        name)
     method_name, args, kwargs = request.call()
-    method = remote_methods(driver).get(method_name)
+    method = methods[name].get(method_name)
     if method is None:
         return Failure(rid, "unknown_message", "UnknownMessage", unknown_method_text(name, driver, method_name, request),
                        name)

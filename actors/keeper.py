@@ -62,11 +62,9 @@ class Keeper:
         """Start the admin and the supervisor and hand it the lab; raises LabError saying why not."""
         processes.become_subreaper()
         clear_port(self.lab.port, self.lab.bind)
-        log_defs = logs.log_config(self.lab.log_dir)
         self.log.info("starting lab %s on %s:%d (keeper pid %d)", self.lab.name, self.lab.bind, self.lab.port,
                       os.getpid())
-        self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
-                                  log_defs)
+        self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir)
         self.start_supervisor()
 
     def start_supervisor(self) -> None:
@@ -78,14 +76,9 @@ class Keeper:
         if not isinstance(reply, Reply):
             raise LabError(f"the supervisor did not answer within {INIT_TIMEOUT_S:g} s (got {reply!r}); "
                            f"see {self.lab.log_dir}/lab.log")
-        admin_pid = reply.value["admin_pid"]
-        self.record = runstate.LabRecord(
-            port=self.lab.port, lab=self.lab.name, config=self.lab.file, log_dir=self.lab.log_dir,
-            keeper_pid=os.getpid(), admin_pid=admin_pid, supervisor_pid=reply.value["pid"],
-            session=processes.session_of(admin_pid) or 0, admin_cmdline=processes.cmdline(admin_pid),
-            detached=self.detached, keeper_started=processes.start_time(os.getpid()) or 0,
-            admin_started=processes.start_time(admin_pid) or 0,
-            supervisor_started=processes.start_time(reply.value["pid"]) or 0,
+        self.record = runstate.LabRecord.of(
+            self.lab.port, self.lab.name, self.lab.file, self.lab.log_dir, reply.value["admin_pid"],
+            reply.value["pid"], self.detached,
             stop_timeout_s=max((d.supervision.stop_timeout_s for d in self.lab.devices), default=1.0))
         runstate.write(self.record)
 
@@ -195,7 +188,7 @@ def clear_port(port: int, bind: str) -> None:
         raise LabAlreadyRunning(f"lab {name!r} is already running on port {port}; stop it with: "
                                 f"labctl down --port {port}")
     holders = processes.port_listeners(port)
-    leftovers = {pid for pid in holders if "labctl" in processes.cmdline(pid)}
+    leftovers = {pid for pid in holders if processes.is_labctl(pid)}
     if holders - leftovers or not holders:
         raise PortInUse(f"port {port} is in use by another program (pids: "
                         f"{', '.join(map(str, sorted(holders))) or 'unknown'}); choose another [lab].port")

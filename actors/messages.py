@@ -364,10 +364,7 @@ class StartUnit:
     incarnation: int
     devices: tuple            # config.Device entries
     candidates: dict          # device name -> candidate index, for floating devices
-    heartbeat_s: float
-    heartbeat_misses: int
-    init_timeout_s: float
-    stop_timeout_s: float
+    supervision: Any          # the unit's config.Supervision: heartbeats, time limits
     run_dir: str
 
 

@@ -13,7 +13,7 @@ import select
 
 from labctl.config.schema import Lab
 
-from . import logs, processes, runstate
+from . import processes, runstate
 from .actorsystem import start_admin
 from .errors import LabError
 from .keeper import Keeper, clear_port
@@ -40,18 +40,15 @@ class Node(Keeper):
         self.log.info("host %s joining the lab at %s:%d from %s:%d (pid %d)", self.lab.host, *self.leader,
                       self.lab.bind, self.lab.port, os.getpid())
         self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
-                                  logs.log_config(self.lab.log_dir), leader=self.leader)
+                                  leader=self.leader)
         # The admin detached itself (double fork); as subreaper we adopted it: it is our child that
         # listens on the port (the logger listens there too, but is the admin's child).
         admin = next((pid for pid in processes.port_listeners(self.lab.port)
                       if processes.parent_of(pid) == os.getpid()), 0)
         if not admin:
             raise LabError(f"the admin of host {self.lab.host} did not start on port {self.lab.port}")
-        self.record = runstate.LabRecord(
-            port=self.lab.port, lab=self.lab.name, config="", log_dir=self.lab.log_dir, keeper_pid=os.getpid(),
-            admin_pid=admin, supervisor_pid=0, session=processes.session_of(admin) or 0,
-            admin_cmdline=processes.cmdline(admin), detached=self.detached,
-            keeper_started=processes.start_time(os.getpid()) or 0, admin_started=processes.start_time(admin) or 0)
+        self.record = runstate.LabRecord.of(self.lab.port, self.lab.name, "", self.lab.log_dir, admin,
+                                            detached=self.detached)
         runstate.write(self.record)
 
     def stop_processes(self) -> None:

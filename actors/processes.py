@@ -111,6 +111,11 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def is_labctl(pid: int) -> bool:
+    """Whether a process runs labctl (every process of a lab carries its launcher's command line)."""
+    return "labctl" in cmdline(pid)
+
+
 def session_members(sid: int) -> list[int]:
     """Live (non-zombie) processes of a session."""
     members = []

@@ -51,6 +51,20 @@ class LabRecord:
     supervisor_started: int = 0
     stop_timeout_s: float = 1.0   # the longest any device may take to shut down
 
+    @classmethod
+    def of(cls, port: int, lab: str, config: str, log_dir: str, admin_pid: int, supervisor_pid: int = 0,
+           detached: bool = False, stop_timeout_s: float = 1.0) -> LabRecord:
+        """The record of a lab this process keeps: pids, with the start times and session that
+        identify them later."""
+        keeper = os.getpid()
+        return cls(port=port, lab=lab, config=config, log_dir=log_dir, keeper_pid=keeper, admin_pid=admin_pid,
+                   supervisor_pid=supervisor_pid, session=processes.session_of(admin_pid) or 0,
+                   admin_cmdline=processes.cmdline(admin_pid), detached=detached,
+                   keeper_started=processes.start_time(keeper) or 0,
+                   admin_started=processes.start_time(admin_pid) or 0,
+                   supervisor_started=(processes.start_time(supervisor_pid) or 0) if supervisor_pid else 0,
+                   stop_timeout_s=stop_timeout_s)
+
     def supervisor_running(self) -> bool:
         """Whether the recorded supervisor still runs (the very process, not a reuse of its pid)."""
         return bool(self.supervisor_started) and _running(self.supervisor_pid, self.supervisor_started)

@@ -71,7 +71,7 @@ def shutdown_lab(port: int, bind: str = "127.0.0.1", timeout: float = 10.0) -> s
         name = name or "lab"
         _stop_without_keeper(port, bind, record)
     leftovers = set(record.lab_processes()) if record is not None else set()
-    leftovers |= {pid for pid in processes.port_listeners(port) if "labctl" in processes.cmdline(pid)}
+    leftovers |= {pid for pid in processes.port_listeners(port) if processes.is_labctl(pid)}
     if leftovers:
         name = name or "lab"
         processes.kill_all(leftovers, timeout=2.0)
@@ -96,7 +96,7 @@ def ask_lab(port: int, bind: str, timeout: float = 2.0) -> tuple[str | None, int
         system._systemBase.transport.close()  # attached, not started: shutdown() would stop the lab
     if not isinstance(status, LabStatus):
         return None, 0
-    keeper = status.keeper_pid if "labctl" in processes.cmdline(status.keeper_pid) else 0
+    keeper = status.keeper_pid if processes.is_labctl(status.keeper_pid) else 0
     return status.lab, keeper
 
 

@@ -125,7 +125,8 @@ class Supervisor(Actor):
     def dispatch(self, message, sender) -> None:
         """Route one message to its handler."""
         if isinstance(message, DeviceRequest):
-            self.route(message, sender) if self.ready_for(message, sender) else None
+            if self.ready_for(message, sender):
+                self.route(message, sender)
         elif isinstance(message, Done):
             self.inflight.pop(message.request_id, None)
         elif isinstance(message, Pong):
@@ -234,9 +235,7 @@ class Supervisor(Actor):
         unit.ping_seq = unit.pong_seq = unit.misses = 0
         unit.exit_plan = unit.kill_reason = unit.failure = None
         sup = unit.spec.supervision
-        self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates,
-                                     sup.heartbeat_s, sup.heartbeat_misses, sup.init_timeout_s,
-                                     sup.stop_timeout_s, self.run_dir))
+        self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.run_dir))
         # The host's own alarm ends a constructor that takes too long; this is the backstop.
         self.after(sup.init_timeout_s + INIT_GRACE_S, ("init_timeout", unit.name, unit.incarnation))
 
@@ -294,7 +293,7 @@ class Supervisor(Actor):
         if unit is None or unit.incarnation != message.incarnation or unit.address is None:
             return
         unit.pid = message.pid
-        if unit.spec.host != self.lab.host:
+        if self.remote(unit):
             self.remote_pids[unit.name] = (unit.spec.host, message.pid)
             self.save_remote_pids()
         unit.constructing_since = time.monotonic()
@@ -340,9 +339,7 @@ class Supervisor(Actor):
             self.send(reaper, Reap(pid, host))
             # If no reaper confirms (its host is unreachable), the old process ends by itself once
             # its watchdog hears no heartbeat; launch only after that.
-            sup = unit.spec.supervision
-            self.after(max(3.0, sup.heartbeat_s * (sup.heartbeat_misses + 2)) + REAP_MARGIN_S,
-                       ("reap_deadline", name, pid))
+            self.after(unit.spec.supervision.watchdog_s + REAP_MARGIN_S, ("reap_deadline", name, pid))
 
     def reaped(self, message: Reaped) -> None:
         """A reaper is done: launch the unit that waited for it, if its old process is gone."""
@@ -394,8 +391,7 @@ class Supervisor(Actor):
         name = request.device
         unit = self.units.get(self.unit_of.get(name, ""))
         if unit is None:
-            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
-                                      f"no device {name!r}; devices: {', '.join(self.device_names())}", name))
+            self.send(sender, self.unknown_device(request))
             return
         if unit.state != "running" or unit.address is None:
             self.send(sender, self.unavailable(request.request_id, unit, name, type(request).__name__))
@@ -422,9 +418,14 @@ class Supervisor(Actor):
         return Failure(request_id, "unknown_device", "UnknownDevice",
                        f"{name} is a composite device; address its parts: {parts}", name)
 
-    def device_names(self) -> list[str]:
-        """Every addressable device name, sub-devices included."""
-        return list(self.unit_of)
+    def unknown_device(self, request: Request) -> Failure:
+        """The failure for a request to a name no device has: it lists the names there are."""
+        return Failure(request.request_id, "unknown_device", "UnknownDevice",
+                       f"no device {request.device!r}; devices: {', '.join(self.unit_of)}", request.device)
+
+    def remote(self, unit: UnitState) -> bool:
+        """Whether a unit runs on another host than this supervisor's."""
+        return unit.spec.host != self.lab.host
 
     def status(self, request_id: str) -> LabStatus:
         """The registry as LabStatus, one line per device and sub-device."""
@@ -450,8 +451,7 @@ class Supervisor(Actor):
         name = request.device
         unit = self.units.get(self.unit_of.get(name, ""))
         if unit is None:
-            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
-                                      f"no device {name!r}; devices: {', '.join(self.device_names())}", name))
+            self.send(sender, self.unknown_device(request))
         elif name in unit.descriptions and unit.state == "running":
             self.send(sender, Reply(request.request_id, unit.descriptions[name]))
         elif unit.state == "running":
@@ -476,18 +476,15 @@ class Supervisor(Actor):
         """`labctl restart`: clear the unit's history and restart it now."""
         unit = self.units.get(self.unit_of.get(request.device, ""))
         if unit is None:
-            self.send(sender, Failure(request.request_id, "unknown_device", "UnknownDevice",
-                                      f"no device {request.device!r}; devices: {', '.join(self.device_names())}",
-                                      request.device))
+            self.send(sender, self.unknown_device(request))
             return
         unit.intensity.reset()
         unit.consecutive = unit.probe_attempts = 0
         self.emit(unit, "restarting", by="hand", attempt=0, delay_s=0)
+        unit.state = "restarting"
         if unit.address is not None:
-            unit.state = "restarting"
             self.end(unit, "restart")
         else:
-            unit.state = "restarting"
             unit.start_token += 1
             unit.candidates = None
             self.launch(unit)
@@ -526,13 +523,13 @@ class Supervisor(Actor):
         """End a unit's process that does not answer: SIGKILL by pid."""
         unit.kill_reason = unit.kill_reason or reason
         log.error("%s: %s; killing pid %s", unit.name, reason, unit.pid, extra={"device": unit.name})
-        if unit.pid and unit.spec.host == self.lab.host and processes.parent_of(unit.pid) == os.getpid():
+        if unit.pid and not self.remote(unit) and processes.parent_of(unit.pid) == os.getpid():
             try:
                 os.kill(unit.pid, signal.SIGKILL)
                 return  # ChildActorExited follows in a few milliseconds
             except ProcessLookupError:
                 pass
-        elif unit.pid and unit.spec.host != self.lab.host:
+        elif unit.pid and self.remote(unit):
             # A remote process: a Reaper on its host kills it. If that host is gone too, no exit
             # will ever be reported, so the unit is handled as ended after REAP_TIMEOUT_S.
             reaper = self.createActor(Reaper, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
@@ -554,7 +551,7 @@ class Supervisor(Actor):
         unit = next((u for u in self.units.values() if u.address is not None and u.address == address), None)
         if unit is None:
             return  # already handled: Thespian may report one exit twice
-        if unit.pid and unit.spec.host == self.lab.host and processes.is_alive(unit.pid):
+        if unit.pid and not self.remote(unit) and processes.is_alive(unit.pid):
             # After SIGTERM, Thespian reports the exit while the process still runs (and holds its
             # port): act once it is gone, so that no replacement ever overlaps it.
             self.after(EXIT_RECHECK_S, ("exited", unit.name, unit.incarnation))
@@ -587,7 +584,7 @@ class Supervisor(Actor):
             self.schedule_launch(unit, 0.0)
             return
         if unit.pid is None and unit.state != "running" and not unit.failure and not unit.kill_reason \
-                and unit.spec.host != self.lab.host:
+                and self.remote(unit):
             # No process ever reported itself: nothing on that host accepted it.
             self.start_impossible(unit, f"host {unit.spec.host!r} is not connected; start it there with: "
                                         f"labctl node {unit.spec.host} --leader {self.lab.bind}:{self.lab.port}")

@@ -31,6 +31,16 @@ class Supervision:
     stop_timeout_s: float = 1.0
     probe_backoff_max_s: float = 10.0
 
+    @property
+    def call_limit_s(self) -> float:
+        """How long a driver call without a declared time limit may block: the heartbeats' tolerance."""
+        return self.heartbeat_s * self.heartbeat_misses
+
+    @property
+    def watchdog_s(self) -> float:
+        """How long a device process hears no heartbeat before it decides its supervisor is gone."""
+        return max(3.0, self.heartbeat_s * (self.heartbeat_misses + 2))
+
 
 SUPERVISION_KEYS = tuple(field.name for field in attrs.fields(Supervision))
 

@@ -31,6 +31,15 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
+    """Wait until a driver's journal file contains `text` (generous: to catch hangs only)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path.name} never said {text!r}")
+        time.sleep(0.01)
+
+
 def processes_with_token(token: str) -> list[int]:
     """Live processes whose environment carries `token` (every process a test's lab forked)."""
     needle = f"LABCTL_TEST_TOKEN={token}".encode()

@@ -87,9 +87,16 @@ class Broken(Device):
 
 
 class Sleeper(Device):
-    """Methods that take their time: one blocks (hangs), one has a declared time limit."""
+    """Methods that take their time: one blocks (hangs), one has a declared time limit. With a
+    `journal`, a nap notes when it begins (a test waits for that, not for a guessed time)."""
+
+    def __init__(self, journal: str | None = None) -> None:
+        self.journal = Path(journal) if journal else None
 
     def nap(self, seconds: float) -> float:
+        if self.journal is not None:
+            with self.journal.open("a") as f:
+                f.write(f"nap {seconds}\n")
         time.sleep(seconds)
         return seconds
 

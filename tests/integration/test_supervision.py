@@ -8,12 +8,15 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from labctl.actors import processes
 from labctl.actors.errors import DeviceUnavailable, LabTimeout
-from labctl.actors.messages import Call, OpenValve
+from labctl.actors.messages import Call, GetValveStates, OpenValve
+
+from ..conftest import wait_for_text
 
 pytestmark = pytest.mark.integration
 
@@ -94,14 +97,17 @@ def test_sigstop_is_detected_as_hung_and_restarted(lab):
     assert took < 10, took  # heartbeat_s x (misses + 1) = 0.6 s, plus restart; generous bound
 
 
-def test_a_declared_time_limit_is_not_a_hang_but_a_plain_block_is(lab, client_for):
-    lab.write("""
-[devices.slow]
-driver = "labtest_drivers:Sleeper"
-heartbeat_s = 0.2
-heartbeat_misses = 2
-""")
+def sleeper_lab(lab, **settings) -> Path:
+    """A lab of one Sleeper device, `slow`, with these supervision settings; returns its journal."""
+    journal = lab.dir / "journal.txt"
+    lab.write(f'[devices.slow]\ndriver = "labtest_drivers:Sleeper"\nconf = {{ journal = "{journal}" }}\n'
+              + "".join(f"{key} = {value}\n" for key, value in settings.items()))
     assert lab.up().returncode == 0
+    return journal
+
+
+def test_a_declared_time_limit_is_not_a_hang_but_a_plain_block_is(lab, client_for):
+    sleeper_lab(lab, heartbeat_s=0.2, heartbeat_misses=2)
     client = client_for(lab, timeout=10)
     pid = lab.pids()["slow"]
     assert client.send("slow", Call("long_exposure", (1.5,))) == 1.5  # limit 5 s: allowed
@@ -134,15 +140,15 @@ conf = {{ journal = "{journal}", move_time_s = 3.0 }}
 
     worker = threading.Thread(target=actuate)
     worker.start()
-    deadline = time.monotonic() + 10
-    while "set A 1" not in journal.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_text(journal, "set A 1")
     os.kill(pid, signal.SIGKILL)
     worker.join(timeout=20)
     assert isinstance(outcome.get("error"), (DeviceUnavailable, LabTimeout)), outcome
     assert outcome["took"] < 8.5  # never longer than the client's own timeout
     lab.wait_for(lambda s: s["devices"][0]["state"] == "running" and s["devices"][0]["pid"] != pid)
-    time.sleep(0.5)  # had it been re-sent, the new process would be actuating by now
+    # Requests run in order: had OpenValve been re-sent to the new process, it would have run
+    # (and journaled) before this one is answered.
+    assert client_for(lab).send("valves", GetValveStates())["A"] == "closed"
     actuations = [line for line in journal.read_text().splitlines() if line.startswith("set A 1")]
     assert len(actuations) == 1, journal.read_text()
 
@@ -306,13 +312,7 @@ def test_events_follow_prints_crashes_as_they_happen(lab):
 
 def test_queued_time_limited_calls_each_get_their_whole_limit(lab, client_for):
     """A limit runs from when the call starts, not from when it was routed behind another."""
-    lab.write("""
-[devices.slow]
-driver = "labtest_drivers:Sleeper"
-heartbeat_s = 0.2
-heartbeat_misses = 2
-""")
-    assert lab.up().returncode == 0
+    sleeper_lab(lab, heartbeat_s=0.2, heartbeat_misses=2)
     client = client_for(lab, timeout=20)
     pid = lab.pids()["slow"]
     results = []
@@ -421,30 +421,19 @@ heartbeat_misses = 2
 
 
 def test_a_call_that_finishes_during_a_restart_still_gets_its_reply(lab, client_for):
-    lab.write("""
-[devices.slow]
-driver = "labtest_drivers:Sleeper"
-stop_timeout_s = 3.0
-""")
-    assert lab.up().returncode == 0
+    journal = sleeper_lab(lab, stop_timeout_s=3.0)
     client = client_for(lab, timeout=10)
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(value=client.send("slow", Call("nap", (0.8,)))))
     worker.start()
-    time.sleep(0.2)  # the nap is under way (a client cannot see that any other way)
+    wait_for_text(journal, "nap 0.8")  # the nap is under way
     assert lab.labctl("restart", "slow").returncode == 0
     worker.join(timeout=20)
     assert outcome.get("value") == 0.8  # the reply of a call that completed, not "may or may not"
 
 
 def test_requests_queued_behind_a_hang_are_told_they_never_started(lab, client_for):
-    lab.write("""
-[devices.slow]
-driver = "labtest_drivers:Sleeper"
-heartbeat_s = 0.5
-heartbeat_misses = 2
-""")
-    assert lab.up().returncode == 0
+    journal = sleeper_lab(lab, heartbeat_s=0.5, heartbeat_misses=2)
     client = client_for(lab, timeout=10)
     errors = {}
 
@@ -456,7 +445,7 @@ heartbeat_misses = 2
 
     hang = threading.Thread(target=send, args=("nap", Call("nap", (30,))))
     hang.start()
-    time.sleep(0.2)  # the nap is under way (1 s before it counts as hung); this one queues behind it
+    wait_for_text(journal, "nap 30")  # under way (1 s before it counts as hung); this one queues behind it
     send("ping", Call("ping"))
     hang.join(timeout=20)
     assert "hung" in errors["nap"] and "may or may not have taken effect" in errors["nap"]
