@@ -230,7 +230,9 @@ class DeviceHost(PlacedActor):
         while self.current is None and self.pending and not self.hung:
             deliver = self.pending.popleft()
             request = deliver.request
-            checked = check(self.drivers, self.methods, request)
+            # Before StartUnit there are no drivers (every request is refused); no limit is needed.
+            limit = self.spec.max_argument_bytes if self.spec is not None else 0
+            checked = check(self.drivers, self.methods, request, limit)
             if isinstance(checked, Failure):
                 self.answer(deliver.reply_to, checked, request.request_id)
                 continue

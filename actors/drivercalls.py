@@ -79,11 +79,15 @@ class Outcome:
     detail: str = ""
 
 
-def check(drivers: dict[str, Device], methods: dict[str, dict],
-          request: Request) -> tuple[Device, tuple, dict] | Failure:
+MAX_ARGUMENT_BYTES = 1 << 20   # the default of [lab] max_argument_bytes
+
+
+def check(drivers: dict[str, Device], methods: dict[str, dict], request: Request,
+          max_argument_bytes: int = MAX_ARGUMENT_BYTES) -> tuple[Device, tuple, dict] | Failure:
     """The driver a request addresses and its bound arguments, or the failure saying why not.
 
-    `methods` holds each driver's remote methods, found once (not per request) with remote_methods."""
+    `methods` holds each driver's remote methods, found once (not per request) with remote_methods.
+    Arguments whose pickle is longer than `max_argument_bytes` never reach the driver."""
     name, rid = request.device, request.request_id
     driver = drivers.get(name)
     if driver is None:
@@ -98,10 +102,31 @@ def check(drivers: dict[str, Device], methods: dict[str, dict],
         return Failure(rid, "unknown_message", "UnknownMessage", unknown_method_text(name, driver, method_name, request),
                        name)
     try:
+        size = len(pickle.dumps((args, kwargs), protocol=5))
+    except Exception as exc:  # it came unpickled, so this is rare; still the driver must not see it
+        return Failure(rid, "bad_argument", "UnsendableArgument",
+                       f"{name}: arguments of {type(request).__name__} {method_name!r} cannot be measured "
+                       f"({type(exc).__name__}: {exc})", name)
+    if size > max_argument_bytes:
+        return Failure(rid, "bad_argument", "ArgumentTooLarge",
+                       f"{name}: arguments of {type(request).__name__} {method_name!r} are {byte_size(size)}; "
+                       f"the limit is {byte_size(max_argument_bytes, exact=True)} (max_argument_bytes)", name)
+    try:
         inspect.signature(method).bind(*args, **kwargs)
     except TypeError as exc:
         return Failure(rid, "bad_argument", "TypeError", f"{name}.{method_name}: {exc}", name)
     return driver, args, kwargs
+
+
+def byte_size(size: int, exact: bool = False) -> str:
+    """A size in bytes for people: '2.0 MiB'; with `exact`, '1 MiB' or, if not a whole unit, bytes."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            if not exact:
+                return f"{size / scale:.1f} {unit}"
+            if size % scale == 0:
+                return f"{size // scale} {unit}"
+    return f"{size} bytes"
 
 
 def run(job: Job, post) -> Outcome:
@@ -221,15 +246,16 @@ def describe(name: str, driver: Device) -> DeviceDescription:
     """What a driver is and what a client may ask of it."""
     interfaces = tuple(cls.__name__ for cls in type(driver).__mro__
                        if cls.__module__ == hw_interfaces.__name__ and cls.__name__ != "ABC")
-    methods = []
-    for method_name, method in sorted(remote_methods(driver).items()):
+    methods, remote = [], remote_methods(driver)
+    for method_name, method in sorted(remote.items()):
         message = MESSAGE_FOR_METHOD.get(method_name)
         methods.append(MethodInfo(method_name, _params(method), inspect.getdoc(method) or "",
                                   message.__name__ if message else Call.__name__))
     valves = driver.describe_valves() if isinstance(driver, ValveController) else {}
+    # Only the limits of methods a client can call: the description names nothing else.
+    limits = {m: limit for m, limit in declared_time_limits(driver).items() if m in remote}
     return DeviceDescription(name, type(driver).__name__, interfaces, tuple(methods),
-                             tuple(f"{name}.{sub}" for sub in driver.sub_devices()), valves,
-                             declared_time_limits(driver))
+                             tuple(f"{name}.{sub}" for sub in driver.sub_devices()), valves, limits)
 
 
 def _params(method) -> tuple:

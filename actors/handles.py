@@ -90,7 +90,9 @@ def _method(info: MethodInfo):
 
 def make_handle(lab: Any, description: DeviceDescription) -> DeviceHandle:
     """A handle for one device: its methods send messages to it."""
-    namespace = {info.name: _method(info) for info in description.methods}
+    # Exactly the described methods; a private or dunder name (which no lab describes) would reach
+    # into the handle class itself, so it is never made a method.
+    namespace = {info.name: _method(info) for info in description.methods if not info.name.startswith("_")}
     namespace["__doc__"] = (f"{description.name}: a {description.driver} "
                             f"({', '.join(i for i in description.interfaces if i != 'Device') or 'device'}).\n"
                             f"Methods send messages to the device; sub-devices: "

@@ -119,11 +119,22 @@ class driving:
 
 
 def log_failure(device: str, method: str, args: tuple, kwargs: dict, exc: Exception) -> None:
-    """Log a driver call that raised, with its arguments."""
-    shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    """Log a driver call that raised, with its arguments cut to a few hundred characters."""
+    import reprlib
+
+    # A client chooses the arguments (and an error text may quote them): each is cut, and so is the
+    # whole, so that a megabyte of argument costs the log one short line. reprlib builds no huge
+    # string on the way; the count of arguments is capped too (a call may carry a million).
+    limit, cut = 300, reprlib.Repr()
+    cut.maxstring = cut.maxother = cut.maxlong = 100
+    parts = [cut.repr(a) for a in args[:20]] + [f"{str(k)[:40]}={cut.repr(v)}" for k, v in list(kwargs.items())[:20]]
+    shown = ", ".join(parts) + (", ..." if len(args) > 20 or len(kwargs) > 20 else "")
+    shown = shown if len(shown) <= limit else shown[:limit] + f"... ({len(shown)} characters)"
+    text = str(exc)
+    text = text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
     with driving(device):
         logging.getLogger("labctl.devicehost").warning("%s(%s) failed: %s: %s", method, shown,
-                                                       type(exc).__name__, exc)
+                                                       type(exc).__name__, text)
 
 
 def file_logger(log_dir: str, name: str = "labctl.keeper") -> logging.Logger:

@@ -366,6 +366,7 @@ class StartUnit:
     candidates: dict          # device name -> candidate index, for floating devices
     supervision: Any          # the unit's config.Supervision: heartbeats, time limits
     run_dir: str
+    max_argument_bytes: int = 1 << 20   # [lab] max_argument_bytes: larger call arguments are refused
 
 
 @frozen

@@ -3,12 +3,12 @@
 from .errors import (ChecksumError, GarbledReply, HardwareError, LinkError, NoReply, NotPresent,
                      OutOfRange, ProtocolError, Rejected, UnknownName, ValveLocked, ValveNotConfirmed)
 from .interfaces import (Camera, Device, FilterWheel, FloatingDevice, LightSource, Stage,
-                         TemperatureController, ValveController, declared_time_limits, probe,
+                         TemperatureController, ValveController, declared_time_limits, probe, remote,
                          remote_methods, time_limit, time_limit_of)
 
 __all__ = [
     "Camera", "Device", "FilterWheel", "FloatingDevice", "LightSource", "Stage", "TemperatureController",
-    "ValveController", "declared_time_limits", "probe", "remote_methods", "time_limit", "time_limit_of",
+    "ValveController", "declared_time_limits", "probe", "remote", "remote_methods", "time_limit", "time_limit_of",
     "ChecksumError", "GarbledReply", "HardwareError", "LinkError", "NoReply", "NotPresent", "OutOfRange",
     "ProtocolError", "Rejected", "UnknownName", "ValveLocked", "ValveNotConfirmed",
 ]

@@ -4,7 +4,9 @@ that a driver implements. Drivers know nothing about actors."""
 from __future__ import annotations
 
 import abc
+import inspect
 import math
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -51,15 +53,47 @@ def time_limit_of(driver: Any, method: str, args: tuple = (), kwargs: dict | Non
     return limit
 
 
+def remote(method: Callable) -> Callable:
+    """Mark a driver method that its interface does not declare as callable by clients (`Call`)."""
+    # Refused here, when the driver module is imported, rather than silently left out later.
+    if not isinstance(method, types.FunctionType):
+        raise TypeError(f"@remote marks a plain method (def name(self, ...)), not {type(method).__name__}; "
+                        "put @remote below @staticmethod, @classmethod or @property if you meant those, "
+                        "which are never remote")
+    if method.__name__.startswith("_") or method.__name__ in LIFECYCLE_METHODS:
+        raise ValueError(f"@remote: {method.__name__!r} cannot be remote (a private or lifecycle method)")
+    method.__labctl_remote__ = True
+    return method
+
+
+def interface_classes() -> tuple[type, ...]:
+    """The interfaces a driver may implement, whose public methods clients may call."""
+    return (Device, ValveController, TemperatureController, Camera, FilterWheel, Stage, LightSource,
+            FloatingDevice)
+
+
 def remote_methods(driver: Any) -> dict[str, Callable]:
-    """The public methods a client may call on a driver, by name."""
-    methods = {}
-    for name in dir(type(driver)):
-        if name.startswith("_") or name in LIFECYCLE_METHODS:
+    """The methods a client may call on a driver, by name, bound to it: the public methods of the
+    interfaces it implements (as the driver overrides them) and the methods it marks @remote."""
+    cls, interfaces = type(driver), interface_classes()
+    names = set()
+    for klass in cls.__mro__:
+        if klass is object:
             continue
-        attr = getattr(driver, name, None)
-        if callable(attr) and not isinstance(attr, type):
-            methods[name] = attr
+        for name, value in vars(klass).items():
+            if klass in interfaces or getattr(value, "__labctl_remote__", False) is True:
+                names.add(name)
+    methods = {}
+    for name in names:
+        if name.startswith("_") or name in LIFECYCLE_METHODS or hasattr(object, name):
+            continue
+        # The descriptor, not what getattr makes of it: a staticmethod, classmethod or property (even
+        # one overriding an interface method) or a plain attribute is never remote; nor is a name
+        # the instance itself shadows.
+        if not isinstance(inspect.getattr_static(cls, name, None), types.FunctionType) \
+                or name in getattr(driver, "__dict__", {}):
+            continue
+        methods[name] = getattr(driver, name)
     return methods
 
 

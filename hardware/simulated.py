@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import HardwareError, NotPresent, OutOfRange
 from .interfaces import (Camera, FilterWheel, FloatingDevice, LightSource, Stage,
-                         TemperatureController, ValveController, number)
+                         TemperatureController, ValveController, number, remote)
 
 
 class SimValves(ValveController):
@@ -176,6 +176,7 @@ class SimLightSource(LightSource):
         self.wavelength_nm = wavelength_nm
         self.set_power(power)
 
+    @remote
     def get_wavelength(self) -> float | None:
         """The wavelength in nm, when known."""
         return self.wavelength_nm
@@ -223,6 +224,7 @@ class SimFloatingCamera(SimCamera, FloatingDevice):
             raise NotPresent("no simulated floating camera is connected")
         self._serial = units[0]
 
+    # A static method reads a file named by its caller: never remote (remote_methods refuses it).
     @staticmethod
     def connected_units(present: Iterable[str] = ("20200910",), present_file: str | None = None) -> list[str]:
         """The serial numbers connected now, in bus order."""
@@ -265,6 +267,7 @@ class StageAwareCamera(_StoredSettings):
         self._sample = np.random.default_rng(seed).integers(
             0, min(np.iinfo(self._dtype).max, 65535) + 1, size=sample_shape, dtype=np.int64).astype(self._dtype)
 
+    @remote
     def view_origin(self) -> list[int]:
         """[row, column] of the sample pixel at the image's top-left corner, from the stage position."""
         axes, position = self._stage.get_axes(), self._stage.get_position()

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from labctl.hardware import Device, FloatingDevice, HardwareError, LinkError, time_limit
+from labctl.hardware import Device, FloatingDevice, HardwareError, LinkError, remote, time_limit
 
 log = logging.getLogger(__name__)  # made when the lab file is checked, before any fork
 from labctl.hardware.simulated import SimValves
@@ -54,9 +54,11 @@ class Recorder(SimValves):
 class Unsendable(Device):
     """A method whose result cannot travel (a generator)."""
 
+    @remote
     def numbers(self):
         return (n for n in range(3))
 
+    @remote
     def ping(self) -> str:
         return "pong"
 
@@ -67,12 +69,14 @@ class Counter(Device):
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
+    @remote
     def bump(self) -> int:
         with self.path.open("a") as f:
             f.write("x")
         log.warning("bumping %s, from the driver's own module logger", self.path.name)
         raise HardwareError("bump always fails")
 
+    @remote
     def ping(self) -> str:
         return "pong"
 
@@ -93,6 +97,7 @@ class Sleeper(Device):
     def __init__(self, journal: str | None = None) -> None:
         self.journal = Path(journal) if journal else None
 
+    @remote
     def nap(self, seconds: float) -> float:
         if self.journal is not None:
             with self.journal.open("a") as f:
@@ -100,11 +105,13 @@ class Sleeper(Device):
         time.sleep(seconds)
         return seconds
 
+    @remote
     @time_limit(5.0)
     def long_exposure(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
 
+    @remote
     def ping(self) -> str:
         return "pong"
 
@@ -112,9 +119,11 @@ class Sleeper(Device):
 class Exiter(Device):
     """Ends its own process with a chosen exit code (0 is a normal end)."""
 
+    @remote
     def exit(self, code: int) -> None:
         os._exit(code)
 
+    @remote
     def ping(self) -> str:
         return "pong"
 
@@ -139,6 +148,7 @@ class ConfEcho(Device):
             if isinstance(value, (dict, list)):
                 value.clear()
 
+    @remote
     def conf(self) -> dict:
         return self._conf
 
@@ -159,6 +169,7 @@ class FloatingEcho(ConfEcho, FloatingDevice):
     def get_id(self) -> str:
         return f"unit{self._candidate}"
 
+    @remote
     def candidate(self) -> int:
         return self._candidate
 
@@ -190,15 +201,18 @@ class Limited(Device):
             raise LinkError("camera gone")
         return 0.5
 
+    @remote
     @time_limit(lambda device: device.exposure() + 5)
     def shoot(self) -> str:
         return "shot"
 
+    @remote
     @time_limit(lambda device, seconds: seconds)
     def wait(self, seconds: float) -> float:
         time.sleep(max(0.0, seconds))
         return seconds
 
+    @remote
     def objects(self):
         return np.array([lambda: 0, 1], dtype=object)
 
