@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -22,11 +22,15 @@ def registered_drivers() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def import_target(target: str, what: str = "driver") -> Any:
-    """The object named by "package.module:attribute", or DriverNotFound saying why not."""
+def import_target(target: str, what: str = "driver", refused: Mapping[str, str] = {}) -> Any:
+    """The object named by "package.module:attribute", or DriverNotFound saying why not.
+
+    `refused` maps modules that must not be imported here (their import killed a child process) to why."""
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
         raise DriverNotFound(f"{what} {target!r} is neither a registered name nor 'package.module:Name'")
+    if module_name in refused:
+        raise DriverNotFound(refused[module_name])
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # an import can fail in any way a module's top level can
@@ -41,23 +45,23 @@ def import_target(target: str, what: str = "driver") -> Any:
     return obj
 
 
-def resolve_driver(name: str) -> type[Device]:
-    """The driver class for a registered short name or "package.module:Class"."""
+def resolve_driver(name: str, refused: Mapping[str, str] = {}) -> type[Device]:
+    """The driver class for a registered short name or "package.module:Class" (`refused`: see import_target)."""
     registered = registered_drivers()
     target = registered.get(name, name)
     if ":" not in target:
         known = ", ".join(sorted(registered)) or "none"
         raise DriverNotFound(f"unknown driver {name!r}; registered drivers: {known}; "
                              "or give 'package.module:Class'")
-    cls = import_target(target)
+    cls = import_target(target, refused=refused)
     if not (isinstance(cls, type) and issubclass(cls, Device)):
         raise DriverNotFound(f"{target!r} is not a driver class (a subclass of labctl.hardware.Device)")
     return cls
 
 
-def resolve_factory(target: str) -> Callable[..., dict[str, Device]]:
-    """The factory function for "package.module:function"."""
-    factory = import_target(target, what="factory")
+def resolve_factory(target: str, refused: Mapping[str, str] = {}) -> Callable[..., dict[str, Device]]:
+    """The factory function for "package.module:function" (`refused`: see import_target)."""
+    factory = import_target(target, what="factory", refused=refused)
     if not callable(factory):
         raise DriverNotFound(f"factory {target!r} is not callable")
     return factory

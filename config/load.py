@@ -15,15 +15,36 @@ import attrs
 
 from .drivers import DriverNotFound, check_arguments, is_floating, resolve_driver, resolve_factory
 from .errors import ConfigError, Problem
+from .imports import check_imports, untrusted_modules
 from .schema import (DEFAULT_HOST, RESTARTS, STRATEGIES, SUPERVISION_KEYS, Device, Emulator, Group, Host, Lab,
                      Supervision)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MISSING = object()
 
+# The accepted range (inclusive) of every numeric supervision key: `*_s` keys are seconds, the others
+# counts. Each bound is one a lab could mean; beyond them a value only switches supervision off (inf, a
+# day of backoff), kills healthy devices (a nanosecond heartbeat) or overflows a timer (1e12 s).
+RANGES: dict[str, tuple[float, float]] = {
+    "max_restarts": (0, 10_000),
+    "within_s": (0.1, 86_400),
+    "heartbeat_s": (0.05, 3_600),
+    "heartbeat_misses": (1, 1_000),
+    "backoff_s": (0, 3_600),
+    "backoff_max_s": (0, 3_600),
+    "stable_s": (0.1, 86_400),
+    "init_timeout_s": (0.1, 86_400),
+    "stop_timeout_s": (0.1, 3_600),
+    "probe_backoff_max_s": (0.1, 3_600),
+}
 
-def load(path: str | os.PathLike) -> Lab:
-    """Read and validate a lab file; raises ConfigError listing all its problems."""
+
+def load(path: str | os.PathLike, *, import_timeout: float | None = None) -> Lab:
+    """Read and validate a lab file; raises ConfigError listing all its problems.
+
+    With `import_timeout`, driver and factory modules outside labctl are first imported in child
+    processes with that time limit (see config.imports); one whose import kills or hangs its child is a
+    problem of the lab file, and is never imported in this process."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -35,24 +56,41 @@ def load(path: str | os.PathLike) -> Lab:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [Problem("", f"not valid TOML: {exc}")]) from None
-    return parse(data, file=str(path))
+    refused = check_imports(untrusted_modules(data), import_timeout) if import_timeout is not None else {}
+    return parse(data, file=str(path), refused_imports=refused)
 
 
-def parse(data: dict[str, Any], file: str = "<lab>") -> Lab:
-    """Validate an already-parsed TOML document; raises ConfigError listing all its problems."""
-    checker = _Checker(file)
+def parse(data: dict[str, Any], file: str = "<lab>", refused_imports: dict[str, str] | None = None) -> Lab:
+    """Validate an already-parsed TOML document; raises ConfigError listing all its problems.
+
+    `refused_imports`: {module: why} for modules that must not be imported here (see check_imports)."""
+    checker = _Checker(file, refused_imports or {})
     lab = checker.lab(data)
     if checker.problems:
         raise ConfigError(file, checker.problems)
     return lab
 
 
+def bind_note(lab: Lab) -> str | None:
+    """What a user should know about the lab's bind address (None for loopback, which only this host reaches)."""
+    try:
+        address = ipaddress.ip_address(lab.bind)
+    except ValueError:
+        return None  # the checker has already refused it
+    if address.is_loopback:
+        return None
+    where = f"{lab.bind} (every interface)" if address.is_unspecified else lab.bind
+    return (f"lab.bind is {where}, not loopback: every host that can reach it can connect; "
+            "only holders of the lab key are let in")
+
+
 class _Checker:
     """Walks a lab document, collecting problems instead of stopping at the first."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, refused_imports: dict[str, str] | None = None) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        self.refused_imports = refused_imports or {}
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -93,7 +131,8 @@ class _Checker:
     def lab(self, data: dict) -> Lab:
         self.unknown_keys(data, "", ("lab", "hosts", "supervision", "devices", "groups"))
         section = self.table(data, "", "lab")
-        self.unknown_keys(section, "lab", ("name", "port", "bind", "log_dir", "host"))
+        self.unknown_keys(section, "lab", ("name", "port", "bind", "log_dir", "host", "max_argument_bytes",
+                                              "key_file", "max_packet_mb"))
         stem = Path(self.file).stem
         name = self.value(section, "lab", "name", str, stem if _NAME.match(stem) else "lab")
         if name is not None and not _NAME.match(name):
@@ -112,6 +151,19 @@ class _Checker:
         host = self.value(section, "lab", "host", str, DEFAULT_HOST)
         if host is not None and not _NAME.match(host):
             self.problem("lab.host", f"{host!r} is not a usable host name (letters, digits, '_', '-', '.')")
+        max_argument_bytes = self.value(section, "lab", "max_argument_bytes", int, 1 << 20)
+        if max_argument_bytes is not None and not 1 << 10 <= max_argument_bytes <= 1 << 30:
+            self.problem("lab.max_argument_bytes", f"{max_argument_bytes} is out of range "
+                         f"{1 << 10}..{1 << 30} (1 KiB .. 1 GiB)")
+            max_argument_bytes = None
+        key_file = self.value(section, "lab", "key_file", str, "")
+        if key_file:
+            key_file = os.path.join(os.path.dirname(os.path.abspath(self.file)), os.path.expanduser(key_file))
+        max_packet_mb = self.value(section, "lab", "max_packet_mb", int, 256)
+        if max_packet_mb is not None and not 1 <= max_packet_mb <= 4096:
+            self.problem("lab.max_packet_mb", f"{max_packet_mb} is out of range 1..4096 (MiB; the largest message, "
+                                              "e.g. a camera frame, the lab accepts)")
+            max_packet_mb = None
 
         hosts = self.hosts(self.table(data, "", "hosts"))
         defaults = self.supervision(self.table(data, "", "supervision"), "supervision", Supervision())
@@ -123,7 +175,9 @@ class _Checker:
         self.check_groups(groups, {device.name: device for device in devices})
         return Lab(name=name or "lab", file=str(Path(self.file).resolve()), port=port or 1900,
                    bind=bind or "127.0.0.1", log_dir=os.path.abspath(log_dir), host=host or DEFAULT_HOST,
-                   hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups))
+                   hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups),
+                   max_argument_bytes=max_argument_bytes or 1 << 20, key_file=key_file or "",
+                   max_packet_mb=max_packet_mb or 256)
 
     def hosts(self, section: dict) -> dict[str, Host]:
         hosts = {}
@@ -150,9 +204,13 @@ class _Checker:
             if key not in section:
                 continue
             default = getattr(base, key)
-            kind = str if isinstance(default, str) else int if isinstance(default, int) else float
-            value = self.value(section, path, key, kind, default)
-            problem = _supervision_problem(key, value)
+            if key in RANGES:  # type and range in one message, so that `inf` for a count names the range too
+                problem = _range_problem(key, section[key])
+                value = None if problem else section[key] if isinstance(default, int) else float(section[key])
+            else:
+                kind = str if isinstance(default, str) else int if isinstance(default, int) else float
+                value = self.value(section, path, key, kind, default)
+                problem = _supervision_problem(key, value)
             if problem:
                 self.problem(_join(path, key), problem)
             else:
@@ -248,7 +306,8 @@ class _Checker:
             return driver, factory
         supplied = frozenset({"port"}) if emulator else frozenset()
         try:
-            target = resolve_driver(driver) if driver is not None else resolve_factory(factory)
+            target = (resolve_driver(driver, self.refused_imports) if driver is not None
+                      else resolve_factory(factory, self.refused_imports))
         except DriverNotFound as exc:
             self.problem(f"{path}.{'driver' if driver is not None else 'factory'}", str(exc))
             return driver, factory
@@ -307,15 +366,18 @@ def _supervision_problem(key: str, value: Any) -> str | None:
         return f"expected one of {', '.join(STRATEGIES)}, got {value!r}"
     if key == "restart" and value not in RESTARTS:
         return f"expected one of {', '.join(RESTARTS)}, got {value!r}"
-    if key in ("max_restarts",) and value < 0:
-        return f"expected an integer >= 0, got {value}"
-    if key == "heartbeat_misses" and value < 1:
-        return f"expected an integer >= 1, got {value}"
-    if key == "backoff_s" and value < 0:
-        return f"expected a number >= 0, got {value}"
-    if key.endswith("_s") and key != "backoff_s" and not value > 0:
-        return f"expected a number > 0, got {value}"
     return None
+
+
+def _range_problem(key: str, value: Any) -> str | None:
+    """Why `value` is not acceptable for the numeric supervision key `key` (see RANGES), or None."""
+    low, high = RANGES[key]
+    seconds = key.endswith("_s")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and (seconds or isinstance(value, int)) and low <= value <= high:  # False for nan
+        return None
+    expected = f"a number from {low:g} to {high:g} seconds" if seconds else f"an integer from {low:g} to {high:g}"
+    return f"expected {expected}, got {value!r}" if number else f"expected {expected}, got {_kind(value)} {value!r}"
 
 
 def _identifier(name: str) -> bool:
