@@ -21,9 +21,10 @@ from typing import Any
 import attrs
 from thespian.actors import ActorSystemException, ExternalContext
 
+from . import labkey, processes
 from .actorsystem import SUPERVISOR_NAME, attach
-from .errors import (BadArgument, DeviceError, DeviceUnavailable, DriverError, LabError, LabNotReady, LabTimeout,
-                     UnknownDevice, UnknownMessage)
+from .errors import (BadArgument, DeviceError, DeviceUnavailable, DriverError, LabError, LabNotReady, LabNotRunning,
+                     LabTimeout, UnknownDevice, UnknownMessage)
 from .handles import DeviceHandle, make_handle
 from .messages import (DescribeDevice, DeviceDescription, Events, Failure, GetEvents, GetLabStatus, LabStatus, Reply,
                        Request, RestartDevice, StopLab)
@@ -45,19 +46,25 @@ def default_port() -> int:
         raise LabError(f"LABCTL_PORT must be a port number, got {value!r}") from None
 
 
-def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT) -> LabClient:
-    """Connect to the lab on `port` (default $LABCTL_PORT, else 1900); LabNotRunning if none answers."""
-    return LabClient(default_port() if port is None else port, address=address, timeout=timeout)
+def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
+            key_file: str | os.PathLike | None = None) -> LabClient:
+    """Connect to the lab on `port` (default $LABCTL_PORT, else 1900) with its key (`key_file`, else
+    $LABCTL_KEY_FILE, else the one `labctl up` keeps in the run folder); LabNotRunning if none
+    answers, NotAuthorised without the key."""
+    return LabClient(default_port() if port is None else port, address=address, timeout=timeout, key_file=key_file)
 
 
 class LabClient:
     """A connection to a running lab. Devices are attributes: `lab.valves.open("A")`."""
 
-    def __init__(self, port: int, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, port: int, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
+                 key_file: str | os.PathLike | None = None) -> None:
         self.port = port
         self.address = address
         self.timeout = timeout
-        self._system = attach(port, address, timeout)
+        if not processes.port_answers(port, address):
+            raise LabNotRunning(f"no lab is running on port {port}")
+        self._system = attach(port, address, timeout, labkey.for_lab(port, key_file))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._supervisor_address = None

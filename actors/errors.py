@@ -53,3 +53,11 @@ class UnknownMessage(DeviceError):
 
 class BadArgument(DeviceError, TypeError):
     """The arguments do not fit the method."""
+
+
+class NotAuthorised(LabError):
+    """This process does not hold the lab's key (or holds another one)."""
+
+
+class RunDirUnsafe(LabError):
+    """The run folder (keys, records) is not this user's alone."""

@@ -18,7 +18,7 @@ import uuid
 
 from labctl.config.schema import Lab
 
-from . import logs, processes, runstate
+from . import labkey, logs, processes, runstate
 from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, start_admin
 from .errors import LabError
 from .messages import InitLab, Reply
@@ -42,12 +42,14 @@ class AdminLost(LabError):
 class Keeper:
     """Runs one lab on this host; see the module docstring."""
 
-    def __init__(self, lab: Lab, recover: bool = True, detached: bool = False) -> None:
+    def __init__(self, lab: Lab, recover: bool = True, detached: bool = False, new_key: bool = False) -> None:
         self.lab = lab
         self.recover = recover
+        self.new_key = new_key
         self.detached = detached
         self.log = logs.file_logger(lab.log_dir)
         self.system = None
+        self.key: bytes | None = None  # one key for the lab's whole life, recoveries included
         self.record: runstate.LabRecord | None = None
         self.supervisor = None
         self.stop_requested = False
@@ -62,10 +64,27 @@ class Keeper:
         """Start the admin and the supervisor and hand it the lab; raises LabError saying why not."""
         processes.become_subreaper()
         clear_port(self.lab.port, self.lab.bind)
+        if self.key is None:
+            self.key = self.choose_key()
+        labkey.install(self.lab.port, self.key)
         self.log.info("starting lab %s on %s:%d (keeper pid %d)", self.lab.name, self.lab.bind, self.lab.port,
                       os.getpid())
-        self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir)
+        self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
+                                  self.key, max_packet_bytes=self.lab.max_packet_mb * 1024 * 1024)
         self.start_supervisor()
+
+    def choose_key(self) -> bytes:
+        """The lab's key: `[lab] key_file`'s, else the one an earlier start of this lab kept here (so
+        member hosts and clients given a copy keep working), else a new one."""
+        if self.lab.key_file:
+            return labkey.read_key_file(self.lab.key_file)
+        if not self.new_key:
+            try:
+                return labkey.read_key_file(labkey.path_for(self.lab.port))
+            except LabError:
+                pass
+        self.log.info("made a new lab key: %s", labkey.path_for(self.lab.port))
+        return labkey.generate()
 
     def start_supervisor(self) -> None:
         """Create the supervisor, hand it the lab, and write the run record."""
@@ -173,7 +192,8 @@ class Keeper:
 def clear_port(port: int, bind: str) -> None:
     """Make sure `port` can take a new lab: refuse if a live lab holds it, clear a dead lab's leftovers.
 
-    A record written by this very process is the lab this keeper is recovering: it counts as dead."""
+    A record written by this very process is the lab this keeper is recovering: it counts as dead.
+    Only processes that the record names are ever killed; anything else on the port is refused."""
     record = runstate.read(port)
     if record is not None and record.keeper_pid != os.getpid() and record.live():
         raise LabAlreadyRunning(f"lab {record.lab!r} is already running on port {port} (keeper pid "
@@ -187,14 +207,12 @@ def clear_port(port: int, bind: str) -> None:
     if name is not None:
         raise LabAlreadyRunning(f"lab {name!r} is already running on port {port}; stop it with: "
                                 f"labctl down --port {port}")
+    if record is not None and processes.wait_port_free(port, bind, timeout=2.0):
+        return
     holders = processes.port_listeners(port)
-    leftovers = {pid for pid in holders if processes.is_labctl(pid)}
-    if holders - leftovers or not holders:
-        raise PortInUse(f"port {port} is in use by another program (pids: "
-                        f"{', '.join(map(str, sorted(holders))) or 'unknown'}); choose another [lab].port")
-    processes.kill_all(leftovers, timeout=2.0)
-    if not processes.wait_port_free(port, bind, timeout=2.0):
-        raise PortInUse(f"port {port} is still held after stopping a dead lab's processes")
+    raise PortInUse(f"port {port} is in use by another program (pids: "
+                    f"{', '.join(map(str, sorted(holders))) or 'unknown'}), or by a lab whose record and key are "
+                    "not in this run folder; choose another [lab].port, or stop that program")
 
 
 def install_stop_signals(keeper: Keeper) -> None:

@@ -13,7 +13,7 @@ import select
 
 from labctl.config.schema import Lab
 
-from . import processes, runstate
+from . import labkey, processes, runstate
 from .actorsystem import start_admin
 from .errors import LabError
 from .keeper import Keeper, clear_port
@@ -22,9 +22,13 @@ from .keeper import Keeper, clear_port
 class Node(Keeper):
     """Runs a member admin for one host of a lab."""
 
-    def __init__(self, name: str, leader: tuple[str, int], port: int, bind: str, log_dir: str) -> None:
+    def __init__(self, name: str, leader: tuple[str, int], port: int, bind: str, log_dir: str,
+                 key: bytes | None = None) -> None:
         super().__init__(Lab(name=f"node-{name}", file="", port=port, bind=bind, log_dir=log_dir, host=name))
         self.leader = leader
+        # The lab's key: a member presents it to join and seals every packet with it. None: the
+        # leader runs on this machine, and its key is read from the run folder once it answers.
+        self.key = key
 
     def start(self) -> None:
         """Wait for the leader, then start this host's admin and join it; raises LabError saying why not."""
@@ -39,8 +43,11 @@ class Node(Keeper):
             delay = min(2.0, delay * 2)
         self.log.info("host %s joining the lab at %s:%d from %s:%d (pid %d)", self.lab.host, *self.leader,
                       self.lab.bind, self.lab.port, os.getpid())
+        if self.key is None:
+            self.key = labkey.for_lab(self.leader[1])
+        labkey.install(self.lab.port, self.key)  # so that `labctl down --port` on this host can reach it
         self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
-                                  leader=self.leader)
+                                  self.key, leader=self.leader)
         # The admin detached itself (double fork); as subreaper we adopted it: it is our child that
         # listens on the port (the logger listens there too, but is the admin's child).
         admin = next((pid for pid in processes.port_listeners(self.lab.port)

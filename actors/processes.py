@@ -111,18 +111,18 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def is_labctl(pid: int) -> bool:
-    """Whether a process runs labctl (every process of a lab carries its launcher's command line)."""
-    return "labctl" in cmdline(pid)
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of a session."""
+def session_members(sid: int, uid: int | None = None) -> list[int]:
+    """Live (non-zombie) processes of a session (owned by `uid`, when given)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                try:
+                    if uid is not None and entry.stat().st_uid != uid:
+                        continue
+                except OSError:
+                    continue
                 members.append(int(entry.name))
     return members
 

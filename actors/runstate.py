@@ -5,31 +5,61 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import attrs
 
 from . import processes
+from .errors import RunDirUnsafe
 
 
 def base_dir() -> Path:
-    """Where run records live: $LABCTL_RUN_DIR, else $XDG_RUNTIME_DIR/labctl, else a per-user temp folder."""
+    """Where run records and lab keys live: $LABCTL_RUN_DIR, else $XDG_RUNTIME_DIR/labctl, else a
+    per-user temp folder; RunDirUnsafe unless it is this user's alone."""
     if os.environ.get("LABCTL_RUN_DIR"):
         path = Path(os.environ["LABCTL_RUN_DIR"])
     elif os.environ.get("XDG_RUNTIME_DIR"):
         path = Path(os.environ["XDG_RUNTIME_DIR"]) / "labctl"
     else:
         path = Path(tempfile.gettempdir()) / f"labctl-{os.getuid()}"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return private_dir(path)
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created mode 0700 if absent; RunDirUnsafe if it is a link, another user's, or writable by others.
+
+    Anyone who could write here could plant a record (and have `down` kill what it names) or a link
+    (and have `up` overwrite what it points to); anyone who could read here could take the lab key."""
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise RunDirUnsafe(f"cannot create the run folder {path}: {exc.strerror or exc}; "
+                           "set LABCTL_RUN_DIR to a folder of your own") from None
+    info = os.lstat(path)
+    advice = f"remove it or set LABCTL_RUN_DIR to a private folder of your own (mkdir -m 700 DIR)"
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunDirUnsafe(f"the run folder {path} is not a folder (a link or a file); {advice}")
+    if info.st_uid != os.getuid():
+        raise RunDirUnsafe(f"the run folder {path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "
+                           f"{advice}")
+    if info.st_mode & 0o022:
+        raise RunDirUnsafe(f"the run folder {path} can be written by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                           f"{advice}, or: chmod 700 {path}")
     return path
 
 
 def lab_dir(port: int) -> Path:
     """A private folder for one running lab (emulator ports, sockets)."""
     path = base_dir() / str(port)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    return private_dir(path)
 
 
 @attrs.define
@@ -43,8 +73,7 @@ class LabRecord:
     keeper_pid: int
     admin_pid: int = 0
     supervisor_pid: int = 0
-    session: int = 0          # the admin's session: every local process of the lab is in it
-    admin_cmdline: str = ""
+    session: int = 0          # the admin's session (the admin calls setsid): every local process of the lab
     detached: bool = False
     keeper_started: int = 0   # start times (clock ticks since boot): a reused pid is not the same process
     admin_started: int = 0
@@ -59,7 +88,7 @@ class LabRecord:
         keeper = os.getpid()
         return cls(port=port, lab=lab, config=config, log_dir=log_dir, keeper_pid=keeper, admin_pid=admin_pid,
                    supervisor_pid=supervisor_pid, session=processes.session_of(admin_pid) or 0,
-                   admin_cmdline=processes.cmdline(admin_pid), detached=detached,
+                   detached=detached,
                    keeper_started=processes.start_time(keeper) or 0,
                    admin_started=processes.start_time(admin_pid) or 0,
                    supervisor_started=(processes.start_time(supervisor_pid) or 0) if supervisor_pid else 0,
@@ -70,11 +99,16 @@ class LabRecord:
         return bool(self.supervisor_started) and _running(self.supervisor_pid, self.supervisor_started)
 
     def lab_processes(self) -> list[int]:
-        """Live processes of this lab's session (never a stranger that reused the session number)."""
-        if not self.session:
+        """Live processes of this lab: members of the admin's own session, of this user.
+
+        Thespian's admin starts a new session and its leader exits at once, so no live process ever
+        has the session's number as its pid; and Linux never hands out a pid still used as a
+        session id, so while any process of the lab lives no stranger can get that number or join
+        that session. A live process with that pid therefore means the lab is gone and the number
+        was reused: nothing of the lab is left then."""
+        if not self.session or processes.is_alive(self.session):
             return []
-        return [pid for pid in processes.session_members(self.session)
-                if pid != os.getpid() and (not self.admin_cmdline or processes.cmdline(pid) == self.admin_cmdline)]
+        return [pid for pid in processes.session_members(self.session, uid=os.getuid()) if pid != os.getpid()]
 
     def keeper_running(self) -> bool:
         """Whether the recorded keeper still runs (the very process, not a reuse of its pid)."""
@@ -98,17 +132,25 @@ def _path(port: int) -> Path:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write a small JSON file atomically (a reader never sees half of it)."""
+    """Write a small JSON file atomically (a reader never sees half of it), mode 0600; a link planted
+    at `path` is replaced, never followed."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL|O_NOFOLLOW, 0600
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: str | os.PathLike) -> dict:
-    """A small JSON file's content, or {} when it is absent or unreadable."""
+    """A small JSON file's content, or {} when it is absent, unreadable or a link."""
     try:
-        data = json.loads(Path(path).read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as file:
+            data = json.loads(file.read())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -129,8 +171,4 @@ def read(port: int) -> LabRecord | None:
 
 def remove(port: int) -> None:
     """Forget a port's record."""
-    for path in (_path(port), _path(port).with_name(_path(port).name + ".tmp")):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    _path(port).unlink(missing_ok=True)

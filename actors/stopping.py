@@ -14,9 +14,9 @@ import uuid
 
 from thespian.actors import ActorSystemException
 
-from . import processes, runstate
+from . import labkey, processes, runstate
 from .actorsystem import SUPERVISOR_NAME, attach
-from .errors import LabNotRunning
+from .errors import LabNotRunning, NotAuthorised
 from .messages import GetLabStatus, LabStatus, Reply, StopLab
 
 SUPERVISOR_CLASS = "labctl.actors.supervisor.Supervisor"
@@ -70,8 +70,8 @@ def shutdown_lab(port: int, bind: str = "127.0.0.1", timeout: float = 10.0) -> s
     if processes.port_answers(port, bind, timeout=0.5):
         name = name or "lab"
         _stop_without_keeper(port, bind, record)
+    # Only what this lab recorded is killed: never a process found by its port or its command line.
     leftovers = set(record.lab_processes()) if record is not None else set()
-    leftovers |= {pid for pid in processes.port_listeners(port) if processes.is_labctl(pid)}
     if leftovers:
         name = name or "lab"
         processes.kill_all(leftovers, timeout=2.0)
@@ -82,10 +82,10 @@ def shutdown_lab(port: int, bind: str = "127.0.0.1", timeout: float = 10.0) -> s
 
 def ask_lab(port: int, bind: str, timeout: float = 2.0) -> tuple[str | None, int]:
     """(lab name, its keeper's pid when that keeper runs here) from the lab on `port`; (None, 0) when
-    nothing there answers as a lab."""
+    nothing there answers as a lab whose key this user holds."""
     try:
-        system = attach(port, bind, timeout)
-    except LabNotRunning:
+        system = attach(port, bind, timeout, labkey.for_lab(port))
+    except (LabNotRunning, NotAuthorised):
         return None, 0
     try:
         supervisor = system.createActor(SUPERVISOR_CLASS, globalName=SUPERVISOR_NAME)
@@ -96,13 +96,15 @@ def ask_lab(port: int, bind: str, timeout: float = 2.0) -> tuple[str | None, int
         system._systemBase.transport.close()  # attached, not started: shutdown() would stop the lab
     if not isinstance(status, LabStatus):
         return None, 0
-    keeper = status.keeper_pid if processes.is_labctl(status.keeper_pid) else 0
+    # The lab's own word (it holds the key); its keeper here is the parent of its admin.
+    keeper = status.keeper_pid if status.keeper_pid and processes.parent_of(status.admin_pid) == status.keeper_pid \
+        else 0
     return status.lab, keeper
 
 
 def _stop_without_keeper(port: int, bind: str, record: runstate.LabRecord | None) -> None:
     try:
-        system = attach(port, bind)
+        system = attach(port, bind, 2.0, labkey.for_lab(port))
     except LabNotRunning:
         return  # a hung admin: its processes are killed with the leftovers
     try:

@@ -235,7 +235,8 @@ class Supervisor(Actor):
         unit.ping_seq = unit.pong_seq = unit.misses = 0
         unit.exit_plan = unit.kill_reason = unit.failure = None
         sup = unit.spec.supervision
-        self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.run_dir))
+        self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.run_dir,
+                                     self.lab.max_argument_bytes))
         # The host's own alarm ends a constructor that takes too long; this is the backstop.
         self.after(sup.init_timeout_s + INIT_GRACE_S, ("init_timeout", unit.name, unit.incarnation))
 
@@ -478,6 +479,12 @@ class Supervisor(Actor):
         if unit is None:
             self.send(sender, self.unknown_device(request))
             return
+        if self.stopping:
+            if self.stop_waiters or any(u.address is not None for u in self.units.values()):
+                self.send(sender, Failure(request.request_id, "stopping", "LabStopping",
+                                          f"the lab is stopping; {request.device} was not restarted", request.device))
+                return
+            self.stopping = False  # the stop is over: the owner brings devices back one by one
         unit.intensity.reset()
         unit.consecutive = unit.probe_attempts = 0
         self.emit(unit, "restarting", by="hand", attempt=0, delay_s=0)

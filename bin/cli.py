@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import click
 
-from labctl.actors import processes
+from labctl.actors import labkey, processes
 from labctl.actors.client import LabClient, connect, default_port
 from labctl.actors.errors import DeviceError, LabError, LabNotRunning, UnknownDevice
 from labctl.actors.messages import DEVICE_MESSAGES, Call
@@ -40,27 +40,53 @@ def resolve_port(port: int | None, config_file: str | None) -> int:
     if port is not None:
         return port
     if config_file:
-        return load_lab(config_file).port
+        return lab_port(config_file)
     try:
         return default_port()
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def load_lab(path: str):
-    """The validated lab at `path`, or its problems on stderr and exit 1."""
+def lab_port(path: str) -> int:
+    """A lab file's [lab].port (default 1900), read without importing its drivers; exit 1 if unreadable."""
+    import tomllib
+
+    from labctl.config.schema import DEFAULT_PORT
+
     try:
-        return load(path)
+        with open(path, "rb") as file:
+            port = tomllib.load(file).get("lab", {}).get("port", DEFAULT_PORT)
+    except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
+        fail(f"{path}: cannot read [lab].port: {exc}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        fail(f"{path}: lab.port: expected a port number, got {port!r}")
+    return port
+
+
+def load_lab(path: str):
+    """The validated lab at `path` (with a note on stderr if it listens beyond loopback), or its problems
+    on stderr and exit 1."""
+    from labctl.config.imports import IMPORT_TIMEOUT_S
+    from labctl.config.load import bind_note
+
+    try:
+        # driver modules outside labctl are imported in child processes first, so that one that exits,
+        # crashes or hangs at import is reported as a problem instead of ending (or hanging) this command
+        lab = load(path, import_timeout=IMPORT_TIMEOUT_S)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+    note = bind_note(lab)
+    if note:
+        click.echo(f"note: {note}", err=True)
+    return lab
 
 
 def open_client(port: int, timeout: float = 10.0) -> LabClient:
     """A client for the lab on `port`, or a clear error and exit 1."""
     try:
         return connect(port, timeout=timeout)
-    except LabNotRunning as exc:
+    except LabError as exc:  # not running, not authorised (no key), an unsafe run folder
         raise click.ClickException(str(exc)) from None
 
 
@@ -99,7 +125,10 @@ def check(config_file: str) -> None:
 @click.option("--no-recover", is_flag=True, help="If the lab's admin dies, stop and exit non-zero instead of "
                                                  "starting the lab again.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Override [lab].port.")
-def up(config_file: str, detach: bool, no_recover: bool, port: int | None) -> None:
+@click.option("--new-key", is_flag=True, help="Make a new lab key (rotate it): clients and member hosts holding "
+                                              "the old one are refused from now on. Default: keep the key of an "
+                                              "earlier start on this port, or make one.")
+def up(config_file: str, detach: bool, no_recover: bool, port: int | None, new_key: bool) -> None:
     """Start the lab described by CONFIG: one supervised process per device.
 
     In the foreground it runs until Ctrl-C or SIGTERM, then stops every device (each driver's
@@ -111,14 +140,15 @@ def up(config_file: str, detach: bool, no_recover: bool, port: int | None) -> No
     if port is not None:
         lab = attrs.evolve(lab, port=port)
     if detach:
-        _up_detached(lab, not no_recover)
+        _up_detached(lab, not no_recover, new_key)
         return
-    keeper = Keeper(lab, recover=not no_recover)
+    keeper = Keeper(lab, recover=not no_recover, new_key=new_key)
 
     def started() -> None:
         status = wait_for_devices(lab.port, keeper)
         click.echo(formatting.status_table(status))
-        click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}. Ctrl-C stops it.")
+        click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}; its key in "
+                   f"{labkey.path_for(lab.port)}. Ctrl-C stops it.")
 
     run_in_foreground(keeper, started, f"lab {lab.name}")
 
@@ -142,7 +172,7 @@ def run_in_foreground(guard, started, what: str) -> None:
     sys.exit(code)
 
 
-def _up_detached(lab, recover: bool) -> None:
+def _up_detached(lab, recover: bool, new_key: bool) -> None:
     from labctl.actors.keeper import AdminLost, Keeper, install_stop_signals
 
     from labctl.actors.actorsystem import keep_out_of_children
@@ -154,7 +184,7 @@ def _up_detached(lab, recover: bool) -> None:
         os.close(read_end)
         os.setsid()
         _detach_stdio(lab.log_dir)
-        keeper = Keeper(lab, recover=recover, detached=True)
+        keeper = Keeper(lab, recover=recover, detached=True, new_key=new_key)
         install_stop_signals(keeper)
         code = 0
         try:
@@ -183,8 +213,8 @@ def _up_detached(lab, recover: bool) -> None:
              f"{lab.log_dir}/lab.log")
     status = wait_for_devices(lab.port, None)
     click.echo(formatting.status_table(status))
-    click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port} (keeper pid {pid}); stop it with: "
-               f"labctl down --port {lab.port}")
+    click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port} (keeper pid {pid}, key in "
+               f"{labkey.path_for(lab.port)}); stop it with: labctl down --port {lab.port}")
     sys.exit(0 if all(d.state == "running" for d in status.devices) else 1)
 
 
@@ -320,8 +350,8 @@ def send(device: str, message: str, args: tuple[str, ...], port: int | None, con
 
     try:
         client = connect(port, timeout=timeout)
-    except LabNotRunning as exc:
-        failed("LabNotRunning", str(exc))
+    except LabError as exc:
+        failed(type(exc).__name__, str(exc))
     with client:
         cls = DEVICE_MESSAGES.get(message)
         if cls is None:
@@ -445,22 +475,31 @@ def restart(device: str, port: int | None, config_file: str | None, timeout: flo
               help="The address this host listens on and advertises; the leader must reach it.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where this host's logs go [default: ./logs/node-NAME].")
-def node(name: str, leader: str, port: int, bind: str, log_dir: str | None) -> None:
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="The lab's key file, copied from the leader's run folder (lab-PORT.key) as one copies an SSH "
+                   "key [default: $LABCTL_KEY_FILE, else the key of the leader's port kept on this machine].")
+def node(name: str, leader: str, port: int, bind: str, log_dir: str | None, key_file: str | None) -> None:
     """Run host NAME of a multi-host lab: devices whose config says `host = "NAME"` run here.
 
     It joins the leader's lab and runs until Ctrl-C or SIGTERM, then stops every process it
-    started. Every labctl port takes unauthenticated pickled messages: keep the lab's hosts on a
-    network that only they can reach (see the README).
+    started. Every packet between the lab's hosts carries a MAC under the lab key: give this host
+    a copy of the key file (see the README's threat model).
     """
     from labctl.actors.node import Node
 
     address, _, leader_port = leader.rpartition(":")
     if not address or not leader_port.isdigit():
         raise click.BadParameter(f"expected HOST:PORT, got {leader!r}", param_hint="--leader")
+    key = None  # without a key file: the leader's key on this machine, read once the leader answers
+    if key_file or os.environ.get(labkey.KEY_FILE_ENV):
+        try:
+            key = labkey.for_lab(int(leader_port), key_file)
+        except LabError as exc:
+            fail(str(exc))
     # A member re-registers with its leader every CONVENTION_REREGISTRATION_PERIOD (Thespian's
     # default: 7 min 22 s); every 5 s, it rejoins a leader that restarted.
     os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:05")
-    guard = Node(name, (address, int(leader_port)), port, bind, log_dir or os.path.join("logs", f"node-{name}"))
+    guard = Node(name, (address, int(leader_port)), port, bind, log_dir or os.path.join("logs", f"node-{name}"), key)
 
     def started() -> None:
         click.echo(f"host {name} is up on {bind}:{port}, joining the lab at {leader}; Ctrl-C stops it.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from labctl.actors.errors import DeviceUnavailable, LabError, LabNotRunning, UnknownDevice
+from labctl.actors.errors import DeviceUnavailable, LabError, UnknownDevice
 from labctl.actors.extraction import ExtractionLine, ScriptLab, script_namespace
 from labctl.actors.handles import DeviceHandle
 from labctl.actors.messages import DEVICE_MESSAGES, Request
@@ -53,8 +53,8 @@ def repl(port: int | None, config_file: str | None, plain: bool) -> None:
     interrupts.install()
     try:
         lab = ScriptLab(port)
-    except LabNotRunning:
-        fail(f"no lab is running on port {port}")
+    except LabError as exc:  # not running, or not authorised (no key)
+        fail(str(exc))
     lab.guard = interrupts.guard
     events = None
     try:

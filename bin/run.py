@@ -22,7 +22,7 @@ import attrs
 import click
 
 from labctl.actors import runstate
-from labctl.actors.errors import DeviceUnavailable, LabError, LabNotRunning, UnknownDevice
+from labctl.actors.errors import DeviceUnavailable, LabError, UnknownDevice
 from labctl.actors.extraction import VALVE_HELPERS, ExtractionLine, ScriptLab, log, script_namespace
 from labctl.actors.handles import DeviceHandle
 from labctl.actors.messages import DEVICE_MESSAGES
@@ -81,8 +81,8 @@ def run(script: str, args: tuple[str, ...], port: int | None, config_file: str |
     try:
         try:
             lab = ScriptLab(port, dry_run=dry_run, echo=functools.partial(print, flush=True))
-        except LabNotRunning:
-            fail(f"no lab is running on port {port}")
+        except LabError as exc:  # not running, or not authorised (no key)
+            fail(str(exc))
         lab.guard = interrupts.guard
         line = ExtractionLine(lab)
         try:

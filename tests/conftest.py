@@ -122,6 +122,11 @@ class Lab:
                 raise AssertionError(f"timed out waiting for {what}; status: {json.dumps(status, indent=1)}")
             time.sleep(0.05)
 
+    @property
+    def key_file(self) -> Path:
+        """Where `labctl up` keeps this lab's key."""
+        return self.dir / "run" / f"lab-{self.port}.key"
+
     def leftovers(self) -> list[int]:
         return processes_with_token(self.token)
 
@@ -150,6 +155,7 @@ def client_for():
     clients = []
 
     def make(lab: Lab, **kwargs):
+        kwargs.setdefault("key_file", lab.key_file)
         client = connect(lab.port, **kwargs)
         clients.append(client)
         return client

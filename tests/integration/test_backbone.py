@@ -239,8 +239,9 @@ def test_up_refuses_a_port_where_a_lab_runs(lab):
     assert all(d["state"] == "running" for d in lab.status()["devices"])
 
 
-def test_up_clears_a_dead_labs_leftovers_fast(lab):
-    """A process from a dead lab holding the port (as Thespian's orphaned logger did) is cleared."""
+def test_up_never_kills_a_stranger_holding_its_port(lab):
+    """A process that is no recorded part of a dead lab is never killed, even one whose command line
+    says labctl: `up` says who holds the port and exits 1, at once."""
     lab.write(SMALL_LAB)
     squatter = lab.popen_python(f"import socket,time; s=socket.socket(); "
                                 f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
@@ -251,12 +252,13 @@ def test_up_clears_a_dead_labs_leftovers_fast(lab):
             time.sleep(0.01)
         began = time.monotonic()
         up = lab.up()
-        assert up.returncode == 0, up.stderr
+        assert up.returncode == 1, up.stderr
+        assert f"port {lab.port} is in use by another program (pids: {squatter.pid})" in up.stderr
         assert time.monotonic() - began < 10  # Thespian alone would wait ~15 s, then fail
-        assert squatter.wait(timeout=5) == -signal.SIGKILL
+        assert squatter.poll() is None  # still alive
     finally:
-        if squatter.poll() is None:
-            squatter.kill()
+        squatter.kill()
+        squatter.wait()
 
 
 def test_dead_lab_after_keeper_and_admin_are_killed_leaves_nothing(lab):
@@ -361,7 +363,8 @@ def test_a_refused_up_leaves_the_running_lab_and_its_record_alone(lab):
     lab.env["LABCTL_RUN_DIR"] = str(lab.dir / "elsewhere")  # a keeper that cannot see the record
     again = lab.up()
     lab.env["LABCTL_RUN_DIR"] = str(lab.dir / "run")
-    assert again.returncode == 1 and "already running" in again.stderr
+    # without the lab's record and key it cannot tell a lab from another program: it only refuses
+    assert again.returncode == 1 and "in use by another program" in again.stderr
     assert lab.pids() == pids and all(processes.is_alive(pid) for pid in pids.values())
 
 
@@ -376,6 +379,11 @@ def test_a_port_that_is_not_a_lab_fails_fast_and_clearly(lab):
     try:
         began = time.monotonic()
         status = lab.labctl("status")
+        assert status.returncode == 1 and f"not authorised for lab on port {lab.port}: no key" in status.stderr
+        (lab.dir / "run").mkdir(mode=0o700, exist_ok=True)
+        lab.key_file.write_text("ab" * 32)
+        lab.key_file.chmod(0o600)
+        status = lab.labctl("status")  # with a key, it talks to what listens there: nothing answers
         assert time.monotonic() - began < 8  # Thespian alone retries ~11 s, then a traceback
         assert status.returncode == 1 and "no lab's admin answers" in status.stderr
         assert "Traceback" not in status.stderr
