@@ -239,10 +239,10 @@ def test_hostile_bytes_on_every_port_kill_nothing(lab, client_for):
                     break
                 flood.append(s)
         assert len(flood) >= 500 and sent >= 2000
-        began = time.monotonic()
         assert client.send("valves", GetValveState("A"), timeout=5) == "closed"
-        status = client.status(timeout=5)
-        assert time.monotonic() - began < 2  # answered at once while 500+ connections hang open
+        began = time.monotonic()
+        client.status(timeout=5)
+        assert time.monotonic() - began < 1  # answered at once while 500+ connections hang open
         for s in flood:
             s.close()
     finally:

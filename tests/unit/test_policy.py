@@ -2,7 +2,7 @@
 
 import pytest
 
-from labctl.actors.policy import Intensity, backoff_delay, restart_set, should_restart
+from labctl.actors.policy import backoff_delay, restart_set, should_restart, within_intensity
 
 
 def test_restart_types():
@@ -23,12 +23,14 @@ def test_strategies():
 
 
 def test_intensity_allows_max_restarts_within_the_window():
-    limit = Intensity(max_restarts=2, within_s=10)
-    assert limit.allow(0.0) and limit.allow(1.0)
-    assert not limit.allow(2.0)       # a third restart within 10 s: give up
-    assert limit.allow(11.5)          # the first two have left the window
-    limit.reset()
-    assert limit.allow(12) and limit.allow(12.1)
+    ok, times = within_intensity((), 0.0, max_restarts=2, within_s=10)
+    assert ok and times == (0.0,)
+    ok, times = within_intensity(times, 1.0, 2, 10)
+    assert ok and times == (0.0, 1.0)
+    ok, times = within_intensity(times, 2.0, 2, 10)
+    assert not ok and times == (0.0, 1.0)     # a third restart within 10 s: give up
+    ok, times = within_intensity(times, 11.5, 2, 10)
+    assert ok and times == (11.5,)            # the first two have left the window
 
 
 def test_backoff_doubles_up_to_a_cap():

@@ -1,0 +1,63 @@
+"""The supervisor's timers, as typed wakeup payloads. Thespian cannot cancel a wakeup, so each names
+the incarnation (or start token) it was set for, and one that no longer matches is ignored."""
+
+from __future__ import annotations
+
+import attrs
+
+frozen = attrs.frozen
+
+
+@frozen
+class Launch:
+    """Start the unit's process (after a back-off delay), if `token` is still its start token."""
+    unit: str
+    token: int
+
+
+@frozen
+class Beat:
+    """Time for the next heartbeat of a running process."""
+    unit: str
+    incarnation: int
+
+
+@frozen
+class InitTimeout:
+    """A process's construction must have finished by now (the host's own alarm is the first line)."""
+    unit: str
+    incarnation: int
+
+
+@frozen
+class StopTimeout:
+    """A process asked to exit must have exited by now; else it is killed."""
+    unit: str
+    incarnation: int
+
+
+@frozen
+class ExitRecheck:
+    """Thespian reported an exit while the process still ran: look again."""
+    unit: str
+    incarnation: int
+
+
+@frozen
+class ReapTimeout:
+    """A remote process's Reaper has not confirmed its end: treat it as ended."""
+    unit: str
+    incarnation: int
+
+
+@frozen
+class ReapDeadline:
+    """A predecessor's remote process is certainly gone by now (its own watchdog ended it)."""
+    unit: str
+    pid: int
+
+
+@frozen
+class EventsDue:
+    """A long-poll for events has waited as long as it asked."""
+    token: int
