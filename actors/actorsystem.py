@@ -27,6 +27,8 @@ from .errors import LabNotRunning, NotAuthorised
 
 BASE = "multiprocTCPBase"
 SUPERVISOR_NAME = "labctl.supervisor"
+# Clients name the class rather than import it: a client must not load the actor runtime to attach.
+SUPERVISOR_CLASS = "labctl.actors.supervisor.Supervisor"
 HOST_CAPABILITY = "labctl.host"
 LAB_CAPABILITY = "labctl.lab"
 CONVENTION_CAPABILITY = "Convention Address.IPv4"

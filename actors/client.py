@@ -22,7 +22,7 @@ import attrs
 from thespian.actors import ActorSystemException, ExternalContext
 
 from . import labkey, processes
-from .actorsystem import SUPERVISOR_NAME, attach
+from .actorsystem import SUPERVISOR_CLASS, SUPERVISOR_NAME, attach
 from .errors import (BadArgument, DeviceError, DeviceUnavailable, DriverError, LabError, LabNotReady, LabNotRunning,
                      LabTimeout, UnknownDevice, UnknownMessage)
 from .handles import DeviceHandle, make_handle
@@ -31,7 +31,6 @@ from .messages import (DescribeDevice, DeviceDescription, Events, Failure, GetEv
 
 DEFAULT_PORT = 1900
 DEFAULT_TIMEOUT = 10.0
-SUPERVISOR_CLASS = "labctl.actors.supervisor.Supervisor"
 
 _FAILURES = {"unknown_device": UnknownDevice, "unknown_message": UnknownMessage, "bad_argument": BadArgument,
              "driver_error": DriverError}

@@ -21,10 +21,13 @@ from labctl.config.schema import Lab
 from . import labkey, logs, processes, runstate
 from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, start_admin
 from .errors import LabError
-from .messages import InitLab, Reply
+from .messages import GetLabStatus, InitLab, LabStatus, Reply
 from .stopping import ask_lab, stop_in_order
+from .supervisor import Supervisor
 
 INIT_TIMEOUT_S = 15.0
+LIVENESS_S = 2.0        # the keeper asks the supervisor how the lab is this often ...
+LIVENESS_MISSES = 2     # ... and kills one that stays silent this many times in a row
 
 
 class LabAlreadyRunning(LabError):
@@ -54,6 +57,8 @@ class Keeper:
         self.supervisor = None
         self.stop_requested = False
         self.incarnation = 0          # how many times the supervisor or the admin was brought back
+        self.next_check = time.monotonic() + LIVENESS_S
+        self.silent = 0               # liveness checks in a row the supervisor did not answer
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         keep_out_of_children(self._wake_r, self._wake_w)
@@ -88,7 +93,7 @@ class Keeper:
 
     def start_supervisor(self) -> None:
         """Create the supervisor, hand it the lab, and write the run record."""
-        self.supervisor = self.system.createActor("labctl.actors.supervisor.Supervisor", globalName=SUPERVISOR_NAME)
+        self.supervisor = self.system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
         reply = self.system.ask(self.supervisor, InitLab(request_id=uuid.uuid4().hex, lab=self.lab,
                                                          keeper_pid=os.getpid(), incarnation=self.incarnation),
                                 INIT_TIMEOUT_S)
@@ -133,6 +138,25 @@ class Keeper:
                 self.admin_died()
             elif supervisor and not processes.is_alive(supervisor):
                 self.supervisor_died()
+            elif supervisor and time.monotonic() >= self.next_check:
+                self.check_supervisor(supervisor)
+
+    def check_supervisor(self, pid: int) -> None:
+        """Ask the supervisor how the lab is; one that stays silent LIVENESS_MISSES times in a row is
+        hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
+        self.next_check = time.monotonic() + LIVENESS_S
+        try:
+            with self.system.private() as context:  # a fresh context: a timeout must not stall the next ask
+                reply = context.ask(self.supervisor, GetLabStatus(request_id=uuid.uuid4().hex), LIVENESS_S)
+        except Exception as exc:  # the admin itself may be in trouble; the loop sees it die
+            self.log.warning("asking the supervisor how the lab is: %s", exc)
+            reply = None
+        self.silent = 0 if isinstance(reply, LabStatus) else self.silent + 1
+        if self.silent >= LIVENESS_MISSES:
+            self.log.error("the supervisor (pid %d) has not answered for %d checks %.0f s apart: hung; killing it",
+                           pid, self.silent, LIVENESS_S)
+            self.silent = 0
+            processes.kill_all([pid], timeout=2.0)
 
     def supervisor_died(self) -> None:
         """Replace a dead supervisor once every process of the old one is gone."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 from . import processes, runstate
 from .actorsystem import HOST_CAPABILITY
@@ -34,6 +35,7 @@ class Liveness:
 
     def start(self, unit: UnitState) -> None:
         """A unit runs: its heartbeats begin."""
+        unit.beat_at = time.monotonic()
         self.actor.after(unit.supervision.heartbeat_s, Beat(unit.name, unit.incarnation))
 
     def pong(self, message: Pong) -> None:
@@ -43,7 +45,14 @@ class Liveness:
 
     def beat(self, unit: UnitState) -> None:
         """One heartbeat: count an unanswered ping as a miss, kill after too many, ping again."""
-        sup = unit.supervision
+        sup, now = unit.supervision, time.monotonic()
+        if now - unit.beat_at > 2 * sup.heartbeat_s:
+            # This beat comes late: the supervisor itself was stalled (busy, stopped), so a missing
+            # Pong says nothing about the device. Judge it on the beats from now on.
+            log.warning("%s: heartbeat %.1f s late; the supervisor was stalled, not the device", unit.name,
+                        now - unit.beat_at - sup.heartbeat_s, extra={"device": unit.name})
+            unit.misses, unit.pong_seq = 0, unit.ping_seq
+        unit.beat_at = now
         unit.misses = 0 if unit.pong_seq >= unit.ping_seq else unit.misses + 1
         if unit.misses >= sup.heartbeat_misses:
             self.kill(unit, f"hung: missed {unit.misses} heartbeats {sup.heartbeat_s:g} s apart")

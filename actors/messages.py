@@ -367,6 +367,7 @@ class StartUnit:
     supervision: Any          # the unit's config.Supervision: heartbeats, time limits
     run_dir: str
     max_argument_bytes: int = 1 << 20   # [lab] max_argument_bytes: larger call arguments are refused
+    supervisor_pid: int = 0             # a process whose parent this is needs no watchdog on its silence
 
 
 @frozen

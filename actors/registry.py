@@ -52,6 +52,7 @@ class UnitState:
     ping_seq: int = 0
     pong_seq: int = 0
     misses: int = 0
+    beat_at: float = 0.0           # when the last heartbeat went out
     candidates: dict | None = None
     pending_probes: dict = attrs.Factory(dict)
     probe_attempts: int = 0

@@ -15,11 +15,10 @@ import uuid
 from thespian.actors import ActorSystemException
 
 from . import labkey, processes, runstate
-from .actorsystem import SUPERVISOR_NAME, attach
+from .actorsystem import SUPERVISOR_CLASS, SUPERVISOR_NAME, attach
 from .errors import LabNotRunning, NotAuthorised
 from .messages import GetLabStatus, LabStatus, Reply, StopLab
 
-SUPERVISOR_CLASS = "labctl.actors.supervisor.Supervisor"
 STOP_MARGIN_S = 0.6       # the supervisor stops every device in parallel, within its stop_timeout_s
 
 log = logging.getLogger("labctl.stopping")

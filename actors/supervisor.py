@@ -133,7 +133,7 @@ class Supervisor(Actor):
         unit.new_process(address, local_child_pid(self, address))
         sup = unit.supervision
         self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.run_dir,
-                                     self.lab.max_argument_bytes))
+                                     self.lab.max_argument_bytes, os.getpid()))
         self.after(sup.init_timeout_s + INIT_GRACE_S, InitTimeout(unit.name, unit.incarnation))
 
     def start_impossible(self, unit: UnitState, reason: str) -> None:

@@ -13,55 +13,21 @@ import attrs
 import click
 
 from labctl.actors import labkey, processes
-from labctl.actors.client import LabClient, connect, default_port
+from labctl.actors.client import LabClient, connect
 from labctl.actors.errors import DeviceError, LabError, LabNotRunning, UnknownDevice
 from labctl.actors.messages import DEVICE_MESSAGES, Call
 from labctl.config import ConfigError, load
 
 from . import formatting
 from .emulate import emulate
+from .options import fail, lab_options, resolve_port
+from .repl import repl
+from .run import run
 
 SETTLED = ("running", "failed", "stopped")
 
 
 # -- shared options ---------------------------------------------------------------------------
-
-def lab_options(command):
-    """--port / --config: which lab to talk to."""
-    command = click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                           help="Lab file whose [lab].port to use.")(command)
-    command = click.option("--port", type=click.IntRange(1, 65535),
-                           help="Admin port of the lab [default: --config's port, else $LABCTL_PORT, else 1900].")(command)
-    return command
-
-
-def resolve_port(port: int | None, config_file: str | None) -> int:
-    """--port, else --config's [lab].port, else $LABCTL_PORT, else 1900."""
-    if port is not None:
-        return port
-    if config_file:
-        return lab_port(config_file)
-    try:
-        return default_port()
-    except LabError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def lab_port(path: str) -> int:
-    """A lab file's [lab].port (default 1900), read without importing its drivers; exit 1 if unreadable."""
-    import tomllib
-
-    from labctl.config.schema import DEFAULT_PORT
-
-    try:
-        with open(path, "rb") as file:
-            port = tomllib.load(file).get("lab", {}).get("port", DEFAULT_PORT)
-    except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
-        fail(f"{path}: cannot read [lab].port: {exc}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        fail(f"{path}: lab.port: expected a port number, got {port!r}")
-    return port
-
 
 def load_lab(path: str):
     """The validated lab at `path` (with a note on stderr if it listens beyond loopback), or its problems
@@ -88,12 +54,6 @@ def open_client(port: int, timeout: float = 10.0) -> LabClient:
         return connect(port, timeout=timeout)
     except LabError as exc:  # not running, not authorised (no key), an unsafe run folder
         raise click.ClickException(str(exc)) from None
-
-
-def fail(message: str) -> None:
-    """Print `error: message` on stderr and exit 1."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -211,7 +171,10 @@ def _up_detached(lab, recover: bool, new_key: bool) -> None:
     if not answer.startswith("ok"):
         fail(answer.strip().removeprefix("error: ") or "the lab's keeper died while starting the lab; see "
              f"{lab.log_dir}/lab.log")
-    status = wait_for_devices(lab.port, None)
+    try:
+        status = wait_for_devices(lab.port, None, keeper_pid=pid)
+    except LabError as exc:
+        fail(str(exc))
     click.echo(formatting.status_table(status))
     click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port} (keeper pid {pid}, key in "
                f"{labkey.path_for(lab.port)}); stop it with: labctl down --port {lab.port}")
@@ -229,22 +192,38 @@ def _detach_stdio(log_dir: str) -> None:
     os.close(out)
 
 
-def wait_for_devices(port: int, keeper, timeout: float = 120.0):
-    """Show a progress bar until every device runs or failed; returns the final status."""
-    client = open_client(port)
+def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int = 0):
+    """Show a progress bar until every device runs or failed (or the foreground `keeper` is told to
+    stop); returns the final status. LabError("... stopped while starting") at once if the detached
+    keeper `keeper_pid` ends meanwhile (`labctl down` from elsewhere), however far the wait got."""
+
+    def stopped() -> bool:
+        return bool(keeper_pid) and not processes.is_alive(keeper_pid)
+
+    client = open_client(port, timeout=2.0)  # short: a lab that vanishes mid-request is seen at once
     try:
-        status = client.status()
-        total = len(status.devices)
-        with click.progressbar(length=total, label="starting devices", file=sys.stderr) as bar:
+        status = None
+        with click.progressbar(length=0, label="starting devices", file=sys.stderr) as bar:
             done, since, deadline = 0, 0, time.monotonic() + timeout
             while time.monotonic() < deadline and not (keeper is not None and keeper.stop_requested):
-                settled = sum(d.state in SETTLED for d in status.devices)
-                bar.update(settled - done)
-                done = settled
-                if settled >= len(status.devices):
+                try:
+                    status = client.status()
+                    bar.length = len(status.devices)
+                    settled = sum(d.state in SETTLED for d in status.devices)
+                    bar.update(settled - done)
+                    done = settled
+                    if settled >= len(status.devices):
+                        break
+                    since = client.events(since, wait_s=0.5).last_seq
+                except LabError:
+                    if not stopped():
+                        raise
+                if stopped():
                     break
-                since = client.events(since, wait_s=0.5).last_seq
-                status = client.status()
+        if keeper_pid and status is not None and any(d.state == "stopped" for d in status.devices):
+            processes.wait_gone([keeper_pid], 5.0)  # devices stopped by a `down`: its keeper is ending
+        if stopped():
+            raise LabError(f"the lab on port {port} was stopped while starting")
         return status
     finally:
         client.close()
@@ -510,9 +489,7 @@ def node(name: str, leader: str, port: int, bind: str, log_dir: str | None, key_
 
 
 cli.add_command(emulate)
-from .run import run  # noqa: E402  (run imports cli's shared options: after they exist)
 cli.add_command(run)
-from .repl import repl  # noqa: E402
 cli.add_command(repl)
 
 

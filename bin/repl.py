@@ -22,6 +22,8 @@ from labctl.actors.handles import DeviceHandle
 from labctl.actors.messages import DEVICE_MESSAGES, Request
 
 from . import formatting
+from .options import fail, lab_options, resolve_port
+from .run import DeferredInterrupts, script_log
 
 try:
     import readline
@@ -34,6 +36,7 @@ HISTORY_LENGTH = 10000
 
 @click.command("repl")
 @click.option("--plain", is_flag=True, help="Use the standard Python console even when IPython is installed.")
+@lab_options
 def repl(port: int | None, config_file: str | None, plain: bool) -> None:
     """An interactive Python console on a running lab.
 
@@ -359,10 +362,3 @@ def ipython_console(namespace: dict[str, Any], banner: str, history: Path, scree
     app.shell.events.register("post_run_cell", lambda *result: screen.command_ended())
     app.start()  # IPython patches stdout while it prompts: news printed then goes above the prompt
     return 0
-
-
-# Last, as in run.py: cli.py imports this module to register `repl`, and run.py imports cli.
-from .cli import fail, lab_options, resolve_port  # noqa: E402
-from .run import DeferredInterrupts, script_log  # noqa: E402
-
-lab_options(repl)

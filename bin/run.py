@@ -27,6 +27,8 @@ from labctl.actors.extraction import VALVE_HELPERS, ExtractionLine, ScriptLab, l
 from labctl.actors.handles import DeviceHandle
 from labctl.actors.messages import DEVICE_MESSAGES
 
+from .options import fail, lab_options, resolve_port
+
 INTERRUPTED = 130          # what a shell reports for a program ended by Ctrl-C
 LOG_FILE = "scripts.log"   # in the lab's log folder, next to lab.log
 VALVE_METHODS = ("open", "close", "get_state", "lock", "unlock", "is_locked")
@@ -43,6 +45,7 @@ _OURS = tuple(str(Path(m.__file__).resolve().parent) + os.sep
                    "time the script touches a valve controller, updated by what the script commands; other "
                    "queries (temperatures, positions, status) are read from the lab, which changes nothing; "
                    "sleep() returns at once and wait_until() looks once.")
+@lab_options
 def run(script: str, args: tuple[str, ...], port: int | None, config_file: str | None, dry_run: bool) -> None:
     """Run SCRIPT (Python) against a running lab; ARGS after `--` go to the script as `argv`.
 
@@ -334,10 +337,3 @@ def _check_device(lab: ScriptLab, use: NameUse) -> None:
         break
     if use.valve and description.valves and use.valve not in description.valves:
         raise LookupError(f"{description.name} has no valve {use.valve!r}; valves: {', '.join(description.valves)}")
-
-
-# Last, because cli.py imports this module to register `run` (and repl.py imports it): whichever
-# of them loads first, each finds here everything it uses already defined.
-from .cli import fail, lab_options, resolve_port  # noqa: E402
-
-lab_options(run)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labctl.actors import processes
+from ..conftest import wait_for_text
 from labctl.actors.errors import BadArgument, DriverError, UnknownDevice, UnknownMessage
 from labctl.actors.messages import CloseValve, GetValveState, OpenValve, SetSetpoint
 
@@ -415,3 +416,28 @@ def test_down_with_a_hung_admin_is_bounded_and_clean(lab):
     assert lab.labctl("down").returncode == 0
     assert time.monotonic() - began < 8  # generous; Thespian's own shutdown waited 10 s here
     assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
+
+
+def test_up_detach_says_at_once_when_the_lab_is_stopped_while_it_starts(lab):
+    """`down` from another terminal while `up --detach` waits for a slow device: up exits 1 saying so."""
+    journal = lab.dir / "journal.txt"
+    lab.write(f"""
+[devices.valves]
+driver = "sim-valves"
+[devices.slow]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}", hang = true }}
+init_timeout_s = 60.0
+""")
+    up = lab.popen("up", lab.config, "--detach")
+    try:
+        wait_for_text(journal, "open")  # the slow constructor is running: up is waiting for it
+        began = time.monotonic()
+        assert lab.labctl("down").returncode == 0
+        out, err = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 1, err
+    assert "stopped while starting" in err and "Traceback" not in err
+    assert time.monotonic() - began < 8  # not the client's 10 s timeout

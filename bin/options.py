@@ -1,0 +1,53 @@
+"""What the `labctl` commands share: which lab to talk to (--port/--config), and how they fail."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from labctl.actors.client import default_port
+from labctl.actors.errors import LabError
+
+
+def lab_options(command):
+    """--port / --config: which lab to talk to."""
+    command = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                           help="Lab file whose [lab].port to use.")(command)
+    command = click.option("--port", type=click.IntRange(1, 65535),
+                           help="Admin port of the lab [default: --config's port, else $LABCTL_PORT, else 1900].")(command)
+    return command
+
+
+def resolve_port(port: int | None, config_file: str | None) -> int:
+    """--port, else --config's [lab].port, else $LABCTL_PORT, else 1900."""
+    if port is not None:
+        return port
+    if config_file:
+        return lab_port(config_file)
+    try:
+        return default_port()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def lab_port(path: str) -> int:
+    """A lab file's [lab].port (default 1900), read without importing its drivers; exit 1 if unreadable."""
+    import tomllib
+
+    from labctl.config.schema import DEFAULT_PORT
+
+    try:
+        with open(path, "rb") as file:
+            port = tomllib.load(file).get("lab", {}).get("port", DEFAULT_PORT)
+    except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
+        fail(f"{path}: cannot read [lab].port: {exc}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        fail(f"{path}: lab.port: expected a port number, got {port!r}")
+    return port
+
+
+def fail(message: str) -> None:
+    """Print `error: message` on stderr and exit 1."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
