@@ -9,6 +9,7 @@ before a process's first `ActorSystem()`; forked actors inherit it, the lab key 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -283,6 +284,17 @@ def harden(bind: str = "127.0.0.1", key: bytes | None = None) -> None:
         return original_start_admin(self, *args, **kwargs)
 
     multiproc.multiprocessCommon._startAdmin = start_admin
+
+
+@contextlib.contextmanager
+def never_starting_an_admin():
+    """Within this block, this thread's Thespian calls never start an admin: one that finds the admin
+    gone (a context made with `private()`, say) raises LabNotRunning instead of forking a stray one."""
+    saved, _attach_only.on = getattr(_attach_only, "on", False), True
+    try:
+        yield
+    finally:
+        _attach_only.on = saved
 
 
 def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, key: bytes,

@@ -169,12 +169,27 @@ class LabClient:
         """Lifecycle events after sequence number `since`, waiting up to `wait_s` for one to come."""
         return self.request(GetEvents(since, wait_s), timeout=wait_s + self.timeout)
 
-    def follow(self, since: int | None = None, wait_s: float = 5.0) -> Iterator:
-        """Yield events as they happen, forever (from now, or after `since`)."""
+    def follow(self, since: int | None = None, wait_s: float = 5.0, outage_s: float = 30.0) -> Iterator:
+        """Yield events as they happen, forever (from now, or after `since`), through a restart of the
+        lab's supervisor or admin (event numbers carry on); LabNotRunning once the lab has not
+        answered for `outage_s`."""
         if since is None:
             since = self.events().last_seq
+        silent_since = None
         while True:
-            batch = self.events(since, wait_s)
+            try:
+                # A short grace beyond the wait: a supervisor that died holding this request is noticed
+                # within seconds, and the request goes to its replacement.
+                batch = self.request(GetEvents(since, wait_s), timeout=wait_s + 2.0)
+            except (LabNotReady, LabTimeout, DeviceError) as exc:
+                # The supervisor is being replaced (dead, hung, or new and not yet handed the lab).
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since > outage_s:
+                    raise LabNotRunning(f"the lab on port {self.port} has not answered for {outage_s:g} s: "
+                                        f"{exc}") from None
+                time.sleep(0.2)  # a new supervisor is usually there within a fraction of a second
+                continue
+            silent_since = None
             for event in batch.events:
                 yield event
             since = max(since, batch.last_seq) if batch.events else since

@@ -1,4 +1,5 @@
-"""The lab's lifecycle events as the supervisor serves them: numbered, logged, kept, and handed to
+"""The lab's lifecycle events as the supervisor serves them: numbered, logged, kept on disk (the
+durable eventlog, so a replacement supervisor numbers on and shows what came before), and handed to
 long-polling clients (`labctl events --follow`) as they happen.
 
 Waiting clients are bounded, in all and per client, and so is how long one may wait: a client
@@ -7,15 +8,13 @@ that asked and went away costs one answer, at most one wait later."""
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
 
+from .eventlog import EventLog
 from .messages import Event, Events, GetEvents
 from .timers import EventsDue
 
 log = logging.getLogger("labctl.supervisor")
 
-EVENTS_KEPT = 2000
 MAX_WAIT_S = 60.0
 MAX_WAITERS = 1000
 MAX_WAITERS_PER_CLIENT = 8
@@ -26,16 +25,21 @@ class EventFeed:
 
     def __init__(self, actor) -> None:
         self.actor = actor
-        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
-        self.seq = 0
+        self.log: EventLog | None = None
         self.waiters: dict[int, tuple[object, str, int]] = {}   # token -> (client, request id, since)
         self.token = 0
 
+    def open(self, folder: str) -> None:
+        """Keep events in the lab's log folder, numbering on from those already there."""
+        self.log = EventLog(folder)
+
+    @property
+    def seq(self) -> int:
+        return self.log.last_seq
+
     def event(self, device: str, kind: str, **detail) -> Event:
-        """Record one event, log it, and answer every waiting client."""
-        self.seq += 1
-        event = Event(self.seq, time.time(), device, kind, detail)
-        self.events.append(event)
+        """Record one event (on disk before anything else), log it, and answer every waiting client."""
+        event = self.log.append(device, kind, detail)
         level = logging.WARNING if kind in ("crashed", "failed", "degraded") else logging.INFO
         log.log(level, "%s", event.text(), extra={"device": device})
         for token in list(self.waiters):
@@ -72,4 +76,16 @@ class EventFeed:
         self.actor.send(sender, Events(request_id, self.since(since), self.seq))
 
     def since(self, seq: int) -> tuple[Event, ...]:
-        return tuple(e for e in self.events if e.seq > seq)
+        return self.log.since(seq)
+
+    def keep_record(self, unit) -> None:
+        """Keep a unit's restart count and last error on disk, for a supervisor that replaces this one."""
+        for device in unit.spec.devices:
+            self.log.record(device.name, unit.restarts, unit.last_error)
+
+    def restore_records(self, units) -> None:
+        """Take up the restart counts and last errors a predecessor kept."""
+        records = self.log.records()
+        for unit in units:
+            if unit.spec.devices[0].name in records:
+                unit.restarts, unit.last_error = records[unit.spec.devices[0].name]

@@ -19,7 +19,7 @@ import uuid
 from labctl.config.schema import Lab
 
 from . import labkey, logs, processes, runstate
-from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, start_admin
+from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, never_starting_an_admin, start_admin
 from .errors import LabError
 from .messages import GetLabStatus, InitLab, LabStatus, Reply
 from .stopping import ask_lab, stop_in_order
@@ -146,7 +146,9 @@ class Keeper:
         hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
         self.next_check = time.monotonic() + LIVENESS_S
         try:
-            with self.system.private() as context:  # a fresh context: a timeout must not stall the next ask
+            # A fresh context (a timeout must not stall the next ask) that never starts an admin of its
+            # own if it finds the lab's gone: recovering the admin is this loop's job.
+            with never_starting_an_admin(), self.system.private() as context:
                 reply = context.ask(self.supervisor, GetLabStatus(request_id=uuid.uuid4().hex), LIVENESS_S)
         except Exception as exc:  # the admin itself may be in trouble; the loop sees it die
             self.log.warning("asking the supervisor how the lab is: %s", exc)
@@ -184,8 +186,12 @@ class Keeper:
         self.start()
 
     def clear_leftovers(self) -> None:
-        """Kill whatever is left of the lab on this host and wait for its port to be free."""
-        processes.kill_all(self.record.lab_processes(), timeout=2.0)
+        """Kill whatever is left of the lab on this host and wait for its port to be free.
+
+        Besides the recorded processes: an admin this keeper forked (its parent, as subreaper) that
+        holds the port but never finished starting, so it was never recorded."""
+        ours = [pid for pid in processes.port_listeners(self.lab.port) if processes.parent_of(pid) == os.getpid()]
+        processes.kill_all(self.record.lab_processes() + ours, timeout=2.0)
         processes.reap_children()
         if not processes.wait_port_free(self.lab.port, self.lab.bind, timeout=2.0):
             self.log.error("port %d is still held by %s", self.lab.port, processes.port_listeners(self.lab.port))

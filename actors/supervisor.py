@@ -108,7 +108,9 @@ class Supervisor(Actor):
             self.liveness = Liveness(self, self.registry, self.run_dir)
             log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),
                      len(self.registry.units))
-            if message.incarnation:
+            self.events.open(self.lab.log_dir)
+            if message.incarnation:  # a replacement: the lab's history and restart counts carry on
+                self.events.restore_records(self.registry)
                 self.events.event("lab", "recovered", supervisor=message.incarnation, pid=os.getpid())
                 self.liveness.reap_previous()
             for unit in self.registry:
@@ -144,6 +146,7 @@ class Supervisor(Actor):
         if unit.state != Phase.FAILED or unit.last_error != reason:  # say it once, not at every retry
             unit.state, unit.last_error = Phase.FAILED, reason
             self.events.emit(unit, "failed", reason=reason, retry_in_s=round(delay, 3))
+            self.events.keep_record(unit)
         unit.start_token += 1
         self.after(delay, Launch(unit.name, unit.start_token))
 
@@ -254,6 +257,8 @@ class Supervisor(Actor):
             self.events.emit(unit, "exited" if normal else "crashed", cause=cause, pid=pid)
             self.apply(unit, policy.Ended(unit.name, normal, cause, ran))
         self.router.fail_inflight(unit, cause)
+        for name in self.registry.group_of.get(unit.name, [unit.name]):
+            self.events.keep_record(self.registry[name])
         self.check_stopped()
 
     def apply(self, unit: UnitState, ended: policy.Ended) -> None:
