@@ -1,0 +1,182 @@
+"""Re-check tests/MUTATIONS.md: apply each deliberate bug to a scratch copy of the project and see that
+the tests listed for it fail. Not collected by pytest; run by hand (about 4 minutes on 2 cores):
+
+    python3 tests/mutations.py            # every mutant
+    python3 tests/mutations.py 2 4a 9a    # some, by id
+    python3 tests/mutations.py -v 3a      # with the failing tests' output
+
+It makes a git worktree of HEAD and a venv that sees it (both under a temporary folder), copies this
+tree's tests/ into it, moves the copy's test ports out of the range a suite in this tree uses (so that
+the two can run at once), and removes the worktree at the end. The project itself is never touched.
+A mutant whose text is no longer in the source is reported as such: update its edit below.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+C = "tests/integration/test_contracts.py::"
+INFLIGHT = C + "test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent"
+RESEND_SETUP = [
+    ("actors/routing.py", "        self.inflight: dict[str, InFlight] = {}\n",
+     "        self.inflight: dict[str, InFlight] = {}\n        self.requests: dict = {}\n        self.resend: dict = {}\n"),
+    ("actors/routing.py", "            self.inflight[request.request_id] = InFlight(",
+     "            self.requests[request.request_id] = request\n            self.inflight[request.request_id] = InFlight("),
+    ("actors/supervisor.py", "        self.registry.learn_names(unit, message.devices)\n",
+     "        self.registry.learn_names(unit, message.devices)\n"
+     "        for request, sender in self.router.resend.pop(unit.name, []):\n"
+     "            self.router.route(request, sender)\n"),
+]
+KEEP_FOR_RESEND = ("                del self.inflight[request_id]\n",
+                   "                del self.inflight[request_id]\n"
+                   "                self.resend.setdefault(unit.name, []).append((self.requests[request_id], "
+                   "flight.reply_to))\n")
+
+# (id, what, [(file, text, replacement)], tests that must fail)
+MUTANTS = [
+    ("1", "no request-id check in the client", [("actors/client.py",
+        'while reply is None or getattr(reply, "request_id", None) != request_id:', "while reply is None:")],
+     ["tests/unit/test_client_ids.py"]),
+    ("2", "the device host sends every reply twice", [("actors/devicehost.py",
+        "            self.send(reply_to, reply)\n",
+        "            self.send(reply_to, reply)\n            self.send(reply_to, reply)\n")],
+     [C + "test_every_request_gets_exactly_one_reply"]),
+    ("3a", "in-flight requests of a crashed process never answered (fail_inflight does nothing)", [
+        ("actors/routing.py", "they are never re-sent to the next.\"\"\"\n",
+         "they are never re-sent to the next.\"\"\"\n        return\n")], [INFLIGHT]),
+    ("3b", "in-flight requests of a crashed process never answered (process_ended skips fail_inflight)", [
+        ("actors/supervisor.py", "        self.router.fail_inflight(unit, cause)\n", "")], [INFLIGHT]),
+    ("4a", "in-flight requests re-sent to the new process instead of failed", RESEND_SETUP + [
+        ("actors/routing.py", KEEP_FOR_RESEND[0], KEEP_FOR_RESEND[1] + "                continue\n")], [INFLIGHT]),
+    ("4b", "in-flight requests failed and also re-sent to the new process", RESEND_SETUP + [
+        ("actors/routing.py", *KEEP_FOR_RESEND)], [INFLIGHT]),
+    ("5", "linear instead of doubling back-off", [("actors/policy.py", "base * (2 ** max(0, consecutive))",
+                                                   "base * (1 + max(0, consecutive))")],
+     ["tests/unit/test_restart_core.py", "tests/unit/test_policy.py"]),
+    ("6", "no stable_s reset", [("actors/policy.py", "    if ended.ran_s >= sup.stable_s:\n        consecutive = 0\n", "")],
+     ["tests/unit/test_restart_core.py"]),
+    ("6b", "stable_s reset only after more than stable_s", [("actors/policy.py", "if ended.ran_s >= sup.stable_s:",
+                                                             "if ended.ran_s > sup.stable_s:")],
+     ["tests/unit/test_restart_core.py"]),
+    ("7", "> instead of >= in the intensity check", [("actors/policy.py", "if len(recent) >= max_restarts:",
+                                                      "if len(recent) > max_restarts:")],
+     ["tests/unit/test_restart_core.py", "tests/unit/test_policy.py"]),
+    ("7b", "a restart exactly within_s old leaves the window", [("actors/policy.py", "if now - t <= within_s)",
+                                                                 "if now - t < within_s)")],
+     ["tests/unit/test_restart_core.py"]),
+    ("8a", "[hosts] key path truncated: hosts.pi... -> hosts...", [("config/load.py",
+        '            path = f"hosts.{name}"\n', '            path = "hosts"\n')], ["tests/unit/test_config_paths.py"]),
+    ("8b", "[hosts] port path truncated: hosts.pi.port -> hosts.port", [("config/load.py",
+        'self.problem(f"{path}.port", f"port {port} is out of range',
+        'self.problem("hosts.port", f"port {port} is out of range')], ["tests/unit/test_config_paths.py"]),
+    ("8c", "[groups] key path truncated: groups.optics... -> groups...", [("config/load.py",
+        '            path = f"groups.{name}"\n', '            path = "groups"\n')], ["tests/unit/test_config_paths.py"]),
+    ("8d", "[groups] membership path truncated: groups.optics.devices -> groups.devices", [("config/load.py",
+        '                    self.problem(f"groups.{group.name}.devices",\n                                 f"no device',
+        '                    self.problem("groups.devices",\n                                 f"no device')],
+     ["tests/unit/test_config_paths.py"]),
+    ("8e", "[emulator] key path truncated: devices.f.emulator.kind -> devices.f.kind", [("config/load.py",
+        '        epath = f"{path}.emulator"\n', "        epath = path\n")], ["tests/unit/test_config_paths.py"]),
+    ("8f", "[emulator] option path truncated: devices.f.emulator.tau -> emulator.tau", [("config/load.py",
+        'self.problem(epath + (f".{key}" if key else ""), problem)',
+        'self.problem("emulator" + (f".{key}" if key else ""), problem)')], ["tests/unit/test_config_paths.py"]),
+    ("9a", "a group's intensity failure fails only the crashing unit (supervisor.apply)", [("actors/supervisor.py",
+        "        for name in decision.fail:\n            other = self.registry[name]\n",
+        "        for name in decision.fail:\n            other = self.registry[name]\n"
+        "            if other is not unit:\n                continue\n")],
+     [C + "test_a_group_that_exceeds_its_intensity_fails_as_a_whole"]),
+    ("9b", "a group's intensity failure fails only the crashing unit (policy.decide)", [("actors/policy.py",
+        "return Decision(consecutive, times, fail=tuple(targets),",
+        "return Decision(consecutive, times, fail=(ended.unit,),")],
+     [C + "test_a_group_that_exceeds_its_intensity_fails_as_a_whole", "tests/unit/test_restart_core.py"]),
+    ("10", "a request to a device that is not running is dropped instead of answered", [("actors/routing.py",
+        '        elif unit.state != "running" or unit.address is None:\n'
+        "            self.actor.send(sender, failures.unavailable(request.request_id, name, unit.state, "
+        "unit.last_error,\n                                                         type(request).__name__))\n",
+        '        elif unit.state != "running" or unit.address is None:\n            pass\n')],
+     [C + "test_requests_to_a_failed_restarting_or_stopped_device_are_answered_at_once_with_its_state"]),
+    ("11", "`labctl restart` exits 0 whatever state the device ends in", [("bin/cli.py",
+        '    if entry.state != "running":\n        fail(f"{device} is', '    if False:\n        fail(f"{device} is')],
+     [C + "test_restart_exits_1_when_the_device_does_not_come_back"]),
+    ("12", "`up --no-recover` exits 3 (not 1) when the admin dies", [("bin/cli.py",
+        '        click.echo(f"error: {exc}", err=True)\n        code = 1\n',
+        '        click.echo(f"error: {exc}", err=True)\n        code = 3\n')],
+     [C + "test_no_recover_exits_exactly_1_when_the_admin_is_killed"]),
+    ("13", "default port 1901 instead of 1900", [("actors/client.py", "DEFAULT_PORT = 1900", "DEFAULT_PORT = 1901")],
+     [C + "test_the_lab_is_found_by_port_then_config_then_labctl_port_then_1900"]),
+    ("14", "$LABCTL_PORT wins over --config", [("bin/options.py", "    if config_file:\n        return lab_port(config_file)\n",
+        '    if config_file and not __import__("os").environ.get("LABCTL_PORT"):\n        return lab_port(config_file)\n')],
+     [C + "test_the_lab_is_found_by_port_then_config_then_labctl_port_then_1900"]),
+    ("15", "SIGTERM not handled by a foreground `up`", [("actors/keeper.py", "signal.SIGTERM", "signal.SIGUSR2")],
+     [C + "test_sigterm_stops_a_foreground_up_cleanly"]),
+]
+
+
+def run(*argv, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(map(str, argv)), check=True, capture_output=True, text=True, **kwargs)
+
+
+def prepare(scratch: Path) -> None:
+    """Restore the copy to HEAD plus this tree's tests, on ports of its own."""
+    run("git", "-C", scratch, "checkout", "--", ".")
+    shutil.copytree(ROOT / "tests", scratch / "tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    conftest = scratch / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text().replace("itertools.count(21000 + 400 * _worker)",
+                                                     "itertools.count(29000 + 400 * _worker)"))
+
+
+def main(argv: list[str]) -> int:
+    verbose = "-v" in argv
+    wanted = [a for a in argv if a != "-v"]
+    unknown = set(wanted) - {m[0] for m in MUTANTS}
+    if unknown:
+        print(f"unknown mutant ids: {sorted(unknown)}; known: {[m[0] for m in MUTANTS]}")
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="labctl-mutants-"))
+    scratch, venv = base / "copy", base / "venv"
+    run("git", "-C", ROOT, "worktree", "add", "--detach", scratch, "HEAD")
+    survived = 0
+    try:
+        run(sys.executable, "-m", "venv", "--system-site-packages", venv)
+        python = venv / "bin" / "python"
+        run(python, "-m", "pip", "install", "-q", "--no-deps", "-e", scratch)
+        for ident, what, edits, tests in MUTANTS:
+            if wanted and ident not in wanted:
+                continue
+            prepare(scratch)
+            missing = [(f, old) for f, old, _ in edits if old not in (scratch / f).read_text()]
+            if missing:
+                print(f"{ident:>3}  NOT APPLIED  {what}: text not found in {missing[0][0]}: {missing[0][1][:60]!r}")
+                survived += 1
+                continue
+            for file, old, new in edits:
+                path = scratch / file
+                path.write_text(path.read_text().replace(old, new, 1))
+            began = time.monotonic()
+            result = subprocess.run([python, "-m", "pytest", "-q", "-x", "-n", "2", "-p", "no:cacheprovider", *tests],
+                                    cwd=scratch, capture_output=True, text=True, timeout=900)
+            failed = [line.removeprefix("FAILED ") for line in result.stdout.splitlines() if line.startswith("FAILED")]
+            verdict = "caught" if result.returncode != 0 else "SURVIVED"
+            survived += result.returncode == 0
+            print(f"{ident:>3}  {verdict:<11}  {what} ({time.monotonic() - began:.0f} s)")
+            for line in failed:
+                print(f"       {line[:200]}")
+            if verbose:
+                print(result.stdout[-6000:])
+        prepare(scratch)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(scratch)])
+        shutil.rmtree(base, ignore_errors=True)
+    print("every mutant was caught" if not survived else f"{survived} mutant(s) not caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
