@@ -27,7 +27,7 @@ from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, Watc
 from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
 from labctl.hardware import Device, NotPresent, remote_methods
 
-from . import logs
+from . import logs, processes
 from .actorsystem import PlacedActor
 from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
 from .messages import (Construct, Deliver, DeviceNotice, Done, Failure, Hung, NotStarted, Ping, Pong, Reply,
@@ -37,10 +37,14 @@ log = logging.getLogger("labctl.devicehost")
 
 RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 5.0
+MEMORY_CHECK_S = 0.5        # how often a device with memory_max_mb measures itself
+MEMORY_EXIT_GRACE_S = 0.1   # past the limit: time for its report to leave before the process ends
 
 
 class DeviceHost(PlacedActor):
     """Owns drivers in its own process and answers requests addressed to them."""
+
+    family: processes.Family | None = None        # its process group and what its drivers started
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,6 +98,7 @@ class DeviceHost(PlacedActor):
         if self.supervisor is not None:
             return  # a repeated StartUnit must not open the hardware twice
         self.supervisor, self.spec = supervisor, message
+        self.family = processes.Family(message.run_dir)  # a group of its own, before any driver starts a process
         logs.tag_records_with_device(message.unit)
         logs.adopt_inherited_loggers()
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by
@@ -130,8 +135,10 @@ class DeviceHost(PlacedActor):
         for name, driver in list(self.drivers.items()):
             # Drivers report changes from the worker thread: hand them over to be sent from here.
             driver.subscribe(lambda event, detail, name=name: self.worker.post(Notice(name, event, dict(detail))))
+        # Heartbeats start when the supervisor hears UnitReady: so does the clock on its silence.
+        self.last_heard = time.monotonic()
+        self.watchdog()  # records what the constructors started before anyone can know it runs
         self.send(self.supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions))
-        self.wakeupAfter(timedelta(seconds=self.spec.supervision.watchdog_s), payload="watchdog")
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
 
     def construct(self, spec, candidate: int | None, run_dir: str) -> None:
@@ -191,17 +198,21 @@ class DeviceHost(PlacedActor):
 
     def stop(self) -> None:
         """On ActorExitRequest: let a running call finish (briefly) and answer it, answer what never
-        started, then release the hardware."""
-        if self.worker is not None:
-            ended = self.worker.stop(self.spec.supervision.stop_timeout_s * 0.8)
-            self.collect(start_next=False)
-            self.refuse_pending("the device is stopping")
-            if not ended:
-                log.error("%s is still running; its drivers cannot be shut down cleanly",
-                          self.current.method if self.current else "a call")
-                return
-        log.info("stopping: shutting down %s", ", ".join(name for name, _ in self.owned) or "nothing")
-        self.release()
+        started, then release the hardware, then end every process the drivers left."""
+        try:
+            if self.worker is not None:
+                ended = self.worker.stop(self.spec.supervision.stop_timeout_s * 0.8)
+                self.collect(start_next=False)
+                self.refuse_pending("the device is stopping")
+                if not ended:
+                    log.error("%s is still running; its drivers cannot be shut down cleanly",
+                              self.current.method if self.current else "a call")
+                    return
+            log.info("stopping: shutting down %s", ", ".join(name for name, _ in self.owned) or "nothing")
+            self.release()
+        finally:
+            if self.family is not None and self.family.end():
+                log.error("processes the drivers started survived SIGKILL")
 
     def refuse_pending(self, why: str) -> None:
         """Answer every queued request that never started: it was not carried out."""
@@ -338,13 +349,9 @@ class DeviceHost(PlacedActor):
             self.send(self.supervisor, Hung(self.unit, self.incarnation, job.method, job.limit,
                                             job.request.request_id if job.request else "", not_started))
         elif payload == "watchdog":
-            silent = time.monotonic() - self.last_heard
-            if silent > self.spec.supervision.watchdog_s:
-                # The supervisor is gone (a remote host's parent-death signal cannot reach us).
-                log.error("no word from the supervisor for %.1f s; shutting down", silent)
-                self.send(self.myAddress, ActorExitRequest())
-            else:
-                self.wakeupAfter(timedelta(seconds=self.spec.supervision.watchdog_s), payload="watchdog")
+            self.watchdog()
+        elif payload == "memory_exit":
+            os._exit(processes.MEMORY_LIMIT_EXIT)
         elif isinstance(payload, tuple) and payload[0] == "reconnect":
             owner = payload[1]
             if owner not in self.degraded:
@@ -354,3 +361,36 @@ class DeviceHost(PlacedActor):
                 return
             driver = next(d for name, d in self.owned if name == owner)
             self.run(Job(0, owner, driver, driver, limit=self.spec.supervision.call_limit_s))
+
+    def watchdog(self) -> None:
+        """The supervisor's silence, this process's memory (its children's included), and the record
+        of the processes its drivers started."""
+        sup = self.spec.supervision
+        silent = time.monotonic() - self.last_heard
+        if silent > sup.watchdog_s and os.getppid() == self.spec.supervisor_pid:
+            # The supervisor is this process's parent and alive (its death would have ended us, by
+            # the parent-death signal): it is busy or stalled, which is no reason to end a device.
+            log.warning("no word from the supervisor for %.1f s; it is alive, so it is busy: staying up", silent)
+        elif silent > sup.watchdog_s:
+            # The supervisor is gone (a remote host's parent-death signal cannot reach us).
+            log.error("no word from the supervisor for %.1f s; shutting down", silent)
+            self.send(self.myAddress, ActorExitRequest())
+            return
+        used = self.family.check()
+        if 0 < sup.memory_max_mb < used:
+            self.over_memory(used, sup.memory_max_mb)
+        else:
+            self.wakeupAfter(timedelta(seconds=MEMORY_CHECK_S if sup.memory_max_mb else sup.watchdog_s),
+                             payload="watchdog")
+
+    def over_memory(self, used: float, limit: int) -> None:
+        """Past memory_max_mb: report it, kill what the drivers started, and end this process with
+        MEMORY_LIMIT_EXIT once the report has left. Ended like a crash: a shutdown could allocate or
+        hang, and a call may still be running."""
+        log.error("memory limit exceeded: %.0f MB > %d MB (with its child processes); ending the process",
+                  used, limit)
+        for device in self.spec.devices:
+            self.send(self.supervisor, DeviceNotice(self.unit, device.name, "memory_exceeded",
+                                                    {"rss_mb": round(used), "limit_mb": limit, "pid": os.getpid()}))
+        self.family.end(timeout=0)
+        self.wakeupAfter(timedelta(seconds=MEMORY_EXIT_GRACE_S), payload="memory_exit")

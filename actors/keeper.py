@@ -164,6 +164,8 @@ class Keeper:
         """Replace a dead supervisor once every process of the old one is gone."""
         self.log.error("the supervisor (pid %d) died; starting a new one", self.record.supervisor_pid)
         # Its device hosts die with it (parent-death signal); make sure, before new ones open the hardware.
+        # What their drivers started in new sessions did not: their records name it.
+        processes.kill_recorded_families(runstate.lab_dir(self.lab.port))
         orphans = [pid for pid in self.record.lab_processes()
                    if pid != self.record.admin_pid and processes.parent_of(pid) != self.record.admin_pid]
         survivors = processes.kill_all(orphans, timeout=2.0)
@@ -191,6 +193,7 @@ class Keeper:
         Besides the recorded processes: an admin this keeper forked (its parent, as subreaper) that
         holds the port but never finished starting, so it was never recorded."""
         ours = [pid for pid in processes.port_listeners(self.lab.port) if processes.parent_of(pid) == os.getpid()]
+        processes.kill_recorded_families(runstate.lab_dir(self.lab.port))
         processes.kill_all(self.record.lab_processes() + ours, timeout=2.0)
         processes.reap_children()
         if not processes.wait_port_free(self.lab.port, self.lab.bind, timeout=2.0):

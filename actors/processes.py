@@ -1,31 +1,42 @@
-"""Operating-system process plumbing: parent-death signals, reaping, waiting for exits, finding and
-killing a lab's processes and whoever holds its port. Linux first; elsewhere the calls degrade to
-polling or do nothing."""
+"""Operating-system process plumbing: parent-death signals, fatal signals, process groups, reaping,
+waiting for exits, finding and killing a lab's or a device's processes and whoever holds a port.
+
+Process facts come from psutil; what psutil has no call for (prctl, pidfds, sessions, groups) from
+`os`. Linux first; elsewhere the calls degrade to polling or do nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import json
 import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-_libc = None
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+# Signals whose default action must stay: a Python handler for SIGSEGV returns to the faulting
+# instruction, and the process spins at 100% CPU instead of dying "killed by SIGSEGV".
+FATAL_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT})
+# A device process's own exit code when it ended itself past its memory_max_mb.
+MEMORY_LIMIT_EXIT = 86
 
 
 def _prctl(option: int, value: int) -> bool:
-    global _libc
-    if not os.path.exists("/proc/self"):
+    if not sys.platform.startswith("linux"):
         return False
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.prctl(option, value, 0, 0, 0) == 0
+    return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
 
 
 def die_with_parent(expected_parent: int | None, sig: int = signal.SIGKILL) -> None:
@@ -41,6 +52,11 @@ def become_subreaper() -> bool:
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
+def keep_fatal_signals_default(signum: int, handler):
+    """signal.signal, except that FATAL_SIGNALS keep their default action (death, named in the exit status)."""
+    return signal.signal(signum, signal.SIG_DFL if signum in FATAL_SIGNALS else handler)
+
+
 def reap_children() -> list[tuple[int, int]]:
     """Collect every exited child without blocking; returns (pid, wait status) pairs."""
     reaped = []
@@ -54,39 +70,29 @@ def reap_children() -> list[tuple[int, int]]:
         reaped.append((pid, status))
 
 
+def _process(pid: int | None) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid) if pid and pid > 0 else None  # Process(None) would be this process
+    except psutil.Error:
+        return None
+
+
 def is_alive(pid: int | None) -> bool:
     """True when `pid` runs (a zombie is dead: it holds no port, no file, no device)."""
-    if not pid or pid <= 0:
-        return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        return (proc := _process(pid)) is not None and proc.status() not in _DEAD
+    except psutil.AccessDenied:
         return True
-    return _state(pid) not in ("Z", "X", None)
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name sits in parentheses and may itself contain spaces or parentheses.
-    return raw[raw.rindex(")") + 2:].split()
-
-
-def _state(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    if fields is None:
-        return "?" if not os.path.exists("/proc/self") else None
-    return fields[0]
+    except psutil.Error:
+        return False
 
 
 def parent_of(pid: int) -> int | None:
     """The parent pid of a process, or None when it is gone."""
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else None
+    try:
+        return (proc := _process(pid)) and proc.ppid()
+    except psutil.Error:
+        return None
 
 
 def session_of(pid: int) -> int | None:
@@ -98,58 +104,61 @@ def session_of(pid: int) -> int | None:
 
 
 def start_time(pid: int) -> int | None:
-    """When a process started, in clock ticks since boot (tells a reused pid from the original)."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
+    """When a process started, in clock ticks since boot: with its pid it identifies the very process
+    (a reused pid starts later), and unlike psutil's wall-clock create_time it never changes when the
+    system clock is set, so it can be stored and compared by another process later."""
+    try:
+        return (proc := _process(pid)) and _started(proc)
+    except psutil.Error:
+        return None
+
+
+def _started(proc: psutil.Process) -> int:
+    return round((proc.create_time() - psutil.boot_time()) * _TICKS)
 
 
 def cmdline(pid: int) -> str:
     """A process's command line, or '' when unreadable."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return " ".join(proc.cmdline()).strip() if (proc := _process(pid)) else ""
+    except psutil.Error:
         return ""
 
 
 def session_members(sid: int, uid: int | None = None) -> list[int]:
-    """Live (non-zombie) processes of a session (owned by `uid`, when given)."""
+    """Live (non-zombie) processes of a session (whose real uid is `uid`, when given)."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-                try:
-                    if uid is not None and entry.stat().st_uid != uid:
-                        continue
-                except OSError:
-                    continue
-                members.append(int(entry.name))
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) != sid or (proc := psutil.Process(pid)).status() in _DEAD:
+                continue
+            if uid is None or proc.uids().real == uid:
+                members.append(pid)
+        except (OSError, psutil.Error):
+            continue
     return members
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:
-    """Wait until every pid has exited or `timeout` passes; returns those still alive."""
+    """Wait until every pid has exited or `timeout` passes; returns those still alive. Event-driven
+    where pidfds exist (one is readable once its process has exited), polling elsewhere."""
     deadline = time.monotonic() + timeout
     alive = {pid for pid in pids if is_alive(pid)}
     fds = {}
     try:
         for pid in alive:
             try:
-                fds[os.pidfd_open(pid)] = pid
+                fds[pid] = os.pidfd_open(pid)
             except (OSError, AttributeError):
-                pass
-        while alive:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            watched = [fd for fd, pid in fds.items() if pid in alive]
-            if watched and len(watched) == len(alive):
-                select.select(watched, [], [], remaining)
+                pass  # gone already (seen below), or no pidfds here
+        while alive and (remaining := deadline - time.monotonic()) > 0:
+            if alive <= fds.keys():
+                select.select([fds[pid] for pid in alive], [], [], remaining)
             else:
                 time.sleep(min(0.01, remaining))
             alive = {pid for pid in alive if is_alive(pid)}
     finally:
-        for fd in fds:
+        for fd in fds.values():
             os.close(fd)
     return alive
 
@@ -157,44 +166,178 @@ def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:
 def kill_all(pids: Iterable[int], timeout: float = 2.0) -> set[int]:
     """SIGKILL each process and wait for it to be gone; returns any that survived."""
     pids = set(pids)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    _signal(pids, signal.SIGKILL)
     return wait_gone(pids, timeout)
 
 
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# -- a device's process group and descendants ---------------------------------------------------
+
+def has_children() -> bool:
+    """Whether this process has a child (running or exited): one system call, no scan of /proc."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # WNOWAIT: reaps nothing
+        return True
+    except ChildProcessError:
+        return False
+    except (AttributeError, OSError):
+        return True  # cannot tell: look
+
+
+def _family(pgid: int | None, roots: Iterable[int]) -> set[int]:
+    """Live members of group `pgid` (if any), and the live `roots` with all their descendants."""
+    found = set()
+    if pgid is not None:
+        for pid in psutil.pids():  # a group's members: one system call each, no file read
+            try:
+                if os.getpgid(pid) == pgid and is_alive(pid):
+                    found.add(pid)
+            except OSError:
+                pass
+    for root in roots:
+        try:
+            found |= {root, *(child.pid for child in psutil.Process(root).children(recursive=True))}
+        except psutil.Error:
+            pass  # gone
+    return found
+
+
+def _end_family(pgid: int | None, roots: Iterable[int], timeout: float) -> set[int]:
+    """Freeze group `pgid`, the `roots` and their descendants (SIGSTOP: none forks any more), look
+    again for what forked meanwhile, then SIGKILL them all, never this process. Returns those alive
+    after `timeout`."""
+    roots, me, targets = list(roots), os.getpid(), set()
+    for _ in range(3):
+        new = _family(pgid, roots) - targets - {me}
+        if not new:
+            break
+        _signal(new, signal.SIGSTOP)
+        targets |= new
+    if pgid is not None and pgid != os.getpgrp():  # this process's own group: each member was signalled
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _signal(targets, signal.SIGKILL)
+    return wait_gone(targets, timeout)
+
+
+def family_record(record_dir: str | os.PathLike, pid: int) -> Path:
+    """Where device process `pid` keeps the list of its descendants (see Family)."""
+    return Path(record_dir) / f"family-{pid}.json"
+
+
+def kill_group(pgid_or_pid: int, record_dir: str | os.PathLike | None = None, timeout: float = 0.0) -> set[int]:
+    """SIGKILL a device process's whole group (its id is the device's pid, see Family), every
+    descendant of the device and of the group's members (also those that started a new session or
+    group, which a group kill misses), and, with `record_dir`, the descendants the device recorded
+    there while it lived (found after its death only so). Never this process or its own group.
+
+    Waits up to `timeout` for them to be gone (0: not at all; a supervisor must not block) and
+    returns the pids still alive then."""
+    if pgid_or_pid <= 1 or pgid_or_pid == os.getpgrp():
+        raise ValueError(f"kill_group({pgid_or_pid}) would kill its caller's own group or every process")
+    roots = []
+    if record_dir is not None:
+        record = family_record(record_dir, pgid_or_pid)
+        try:  # only the very processes recorded, not a reuse of their pids
+            roots = [int(pid) for pid, started in json.loads(record.read_text()).items()
+                     if start_time(int(pid)) == started]
+        except (OSError, ValueError, AttributeError):
+            pass
+        record.unlink(missing_ok=True)
+    try:
+        os.killpg(pgid_or_pid, 0)
+    except (ProcessLookupError, PermissionError):
+        if not roots:
+            return set()  # no such group and nothing recorded (a device that ended its family itself)
+    with contextlib.suppress(OSError):
+        if os.getpgid(pgid_or_pid) == pgid_or_pid:
+            roots.append(pgid_or_pid)  # the device itself leads it, alive: all its descendants
+    return _end_family(pgid_or_pid, roots, timeout)
+
+
+def kill_recorded_families(record_dir: str | os.PathLike, timeout: float = 2.0) -> set[int]:
+    """kill_group for every device process with a family record in `record_dir`: for whoever cleans
+    up after a supervisor or admin died (its device processes died with it; their children did not)."""
+    left = set()
+    for record in Path(record_dir).glob("family-*.json"):
+        try:
+            left |= kill_group(int(record.stem.removeprefix("family-")), record_dir, timeout)
+        except ValueError:
+            record.unlink(missing_ok=True)
+    return left
+
+
+class Family:
+    """What a device process started: it leads its own process group, which the processes it starts
+    join (a driver's `subprocess.Popen`, `multiprocessing`), and keeps the pids and start times of all
+    its descendants on file, so that kill_group finds those that left the group even after this
+    process died. `check` measures their memory with its own; `end` kills them all but it."""
+
+    def __init__(self, record_dir: str | os.PathLike | None) -> None:
+        try:
+            os.setpgid(0, 0)  # lead a new process group
+        except OSError:
+            pass
+        self.pgid = os.getpgrp() if os.getpgrp() == os.getpid() else None  # else never kill its group
+        self.record = family_record(record_dir, os.getpid()) if record_dir else None
+        self.recorded: dict[int, int] = {}
+
+    def check(self) -> float:
+        """Record the descendants if they changed; returns the resident memory in MB (MiB) of this
+        process and its descendants. Costs a scan of /proc only while it has children."""
+        me = psutil.Process()
+        procs = me.children(recursive=True) if has_children() else []
+        used = me.memory_info().rss
+        now = {}
+        for proc in procs:
+            try:
+                used += proc.memory_info().rss
+                now[proc.pid] = _started(proc)
+            except psutil.Error:
+                continue
+        if now != self.recorded and self.record is not None:
+            try:
+                if now:
+                    self.record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    part = self.record.with_suffix(".part")
+                    part.write_text(json.dumps(now))
+                    part.replace(self.record)  # a reader never sees half of it
+                else:
+                    self.record.unlink(missing_ok=True)
+                self.recorded = now
+            except OSError:
+                pass  # no record (a host without the lab's run folder): tried again next time
+        return used / 2**20
+
+    def end(self, timeout: float = 1.0) -> set[int]:
+        """Kill every other member of this process's group and every descendant (a new session's
+        too); returns those alive after `timeout`."""
+        left = _end_family(self.pgid, [os.getpid()] if has_children() else [], timeout)
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
+        self.recorded = {}
+        return left
+
+
+# -- ports ----------------------------------------------------------------------------------------
+
 def port_listeners(port: int) -> set[int]:
-    """Pids of processes holding a listening TCP socket on `port` (any address)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
-                inodes.add(f"socket:[{inode}]")
-    if not inodes:
+    """Pids of processes (of this user, unless root) holding a listening TCP socket on `port` (any address)."""
+    try:
+        connections = psutil.net_connections("tcp")
+    except psutil.AccessDenied:
         return set()
-    holders = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                try:
-                    if os.readlink(fd) in inodes:
-                        holders.add(int(entry.name))
-                        break
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return holders
+    return {c.pid for c in connections
+            if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -233,7 +376,8 @@ def wait_port_free(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> 
 
 
 def exit_cause(exitcode: int | None) -> str:
-    """A process's end in words: 'killed by SIGKILL', 'exited with code 3'."""
+    """A process's end in words: 'killed by SIGKILL', 'exited with code 3', and for a device process
+    that ended itself past its memory_max_mb, 'memory limit exceeded'."""
     if exitcode is None:
         return "exited"
     if exitcode < 0:
@@ -241,4 +385,6 @@ def exit_cause(exitcode: int | None) -> str:
             return f"killed by {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"killed by signal {-exitcode}"
+    if exitcode == MEMORY_LIMIT_EXIT:
+        return f"memory limit exceeded (exit code {exitcode})"
     return "exited normally" if exitcode == 0 else f"exited with code {exitcode}"

@@ -36,7 +36,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "init_timeout_s": (0.1, 86_400),
     "stop_timeout_s": (0.1, 3_600),
     "probe_backoff_max_s": (0.1, 3_600),
+    "memory_max_mb": (0, 524_288),   # 0: no limit; else at least MEMORY_MIN_MB (checked in supervision())
 }
+MEMORY_MIN_MB = 16  # below this no Python process can run: a limit that small only restarts it forever
 
 
 def load(path: str | os.PathLike, *, import_timeout: float | None = None) -> Lab:
@@ -216,6 +218,9 @@ class _Checker:
             else:
                 changes[key] = value
         result = attrs.evolve(base, **changes)
+        if 0 < changes.get("memory_max_mb", 0) < MEMORY_MIN_MB:
+            self.problem(_join(path, "memory_max_mb"), f"expected 0 (no limit) or an integer from {MEMORY_MIN_MB} to "
+                                                       f"{RANGES['memory_max_mb'][1]}, got {result.memory_max_mb}")
         if result.backoff_max_s < result.backoff_s:
             self.problem(_join(path, "backoff_max_s"),
                          f"backoff_max_s {result.backoff_max_s:g} must be at least backoff_s {result.backoff_s:g}")

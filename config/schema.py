@@ -30,6 +30,7 @@ class Supervision:
     init_timeout_s: float = 60.0
     stop_timeout_s: float = 1.0
     probe_backoff_max_s: float = 10.0
+    memory_max_mb: int = 0        # resident memory of the device's process and its children; 0: no limit
 
     @property
     def call_limit_s(self) -> float:

@@ -218,3 +218,90 @@ class Limited(Device):
 
     def reconnect(self) -> None:
         self.exposure()
+
+
+class Spawner(Device):
+    """Starts child processes in its constructor, journaled as `child PID KIND`: one in its own group
+    (`sleep`), one in a new session, one forked by multiprocessing. None may outlive its device."""
+
+    def __init__(self, journal: str) -> None:
+        import multiprocessing
+        import subprocess
+
+        self.journal = Path(journal)
+        self.popen = [subprocess.Popen(["sleep", "600"]), subprocess.Popen(["sleep", "600"], start_new_session=True)]
+        self.forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
+        self.forked.start()
+        with self.journal.open("a") as f:
+            f.write(f"open {os.getpid()}\nchild {self.popen[0].pid} group\nchild {self.popen[1].pid} session\n"
+                    f"child {self.forked.pid} fork\n")
+
+    @remote
+    def hang(self) -> None:
+        time.sleep(600)
+
+    @remote
+    def ping(self) -> str:
+        return "pong"
+
+
+class Segfaulter(Device):
+    """Dereferences address 0 in C code (ctypes), in its constructor or when `crash` is called."""
+
+    def __init__(self, journal: str | None = None, in_constructor: bool = False) -> None:
+        import ctypes
+
+        if journal:
+            with open(journal, "a") as f:
+                f.write(f"open {os.getpid()} {time.monotonic()}\n")
+        if in_constructor:
+            ctypes.string_at(0)
+
+    @remote
+    def crash(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+    @remote
+    def ping(self) -> str:
+        return "pong"
+
+
+class Hog(Device):
+    """Grows: `grow(mb)` keeps `mb` MiB more (touched, so resident); `grow_child(mb)` starts a child
+    process that holds `mb` MiB, journaled as `child PID`, and returns its pid."""
+
+    def __init__(self, journal: str = os.devnull) -> None:
+        self.journal = journal
+        self.hoard: list = []
+        self.children: list = []
+
+    @remote
+    def grow(self, mb: int) -> int:
+        self.hoard.append(np.ones(mb * 2**20, dtype=np.uint8))
+        return sum(a.nbytes for a in self.hoard) // 2**20
+
+    @remote
+    def grow_child(self, mb: int) -> int:
+        import subprocess
+        import sys
+
+        child = subprocess.Popen([sys.executable, "-c", f"import sys, time; x = b'1' * ({mb} * 2**20); "
+                                  "sys.stdout.write('held\\n'); sys.stdout.flush(); time.sleep(600)"],
+                                 stdout=subprocess.PIPE, text=True)
+        with open(self.journal, "a") as f:
+            f.write(f"child {child.pid}\n")
+        child.stdout.readline()  # its memory is held now
+        self.children.append(child)
+        return child.pid
+
+    @remote
+    def rss_mb(self) -> int:
+        import psutil
+
+        return psutil.Process().memory_info().rss // 2**20
+
+    @remote
+    def ping(self) -> str:
+        return "pong"

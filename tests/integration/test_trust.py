@@ -80,7 +80,7 @@ def stranger_site():
     base = Path(tempfile.mkdtemp(prefix="labctl-stranger-"))
     site = base / "site"
     site.mkdir()
-    for name in ("thespian", "attr", "attrs", "click", "numpy", "serial"):
+    for name in ("thespian", "attr", "attrs", "click", "numpy", "serial", "psutil"):
         source = Path(importlib.util.find_spec(name).submodule_search_locations[0])
         shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
         if (source.parent / f"{name}.libs").is_dir():
