@@ -246,6 +246,11 @@ def harden(bind: str = "127.0.0.1", key: bytes | None = None) -> None:
             parent = multiprocessing.parent_process()
             processes.die_with_parent(parent.pid if parent is not None else None)
             _close_inherited()
+            # startChild gives every signal a Python handler, SIGSEGV's too: a segfault in a driver's C
+            # code would return to the faulting instruction forever (100% CPU, taken for a hang). In
+            # this process (just forked) it sets them through this module global: keep the fatal
+            # ones deadly, so the exit status says "killed by SIGSEGV".
+            multiproc.set_signal_handler = processes.keep_fatal_signals_default
             # Thespian is about to replace logging's root and manager in this process, as it did in
             # each process above; loggers made before (a driver module's, imported in the keeper
             # to check the lab file) would keep pointing at an old root. See logs.adopt_inherited_loggers().
@@ -254,9 +259,13 @@ def harden(bind: str = "127.0.0.1", key: bytes | None = None) -> None:
         return run
 
     def admin_start(start):
-        def run(*args, **kwargs):
+        def run(admin_class, *args, **kwargs):
             _close_inherited()
-            return start(*args, **kwargs)
+            # When its logger dies the admin starts another with `self.logDefs`, which Thespian never
+            # sets: the admin crashed instead ('MultiProcAdmin' object has no attribute 'logDefs').
+            # In this (the admin's own, just forked) process, give the class the lab's log config.
+            admin_class.logDefs = args[5] if len(args) > 5 else kwargs.get("logDefs")
+            return start(admin_class, *args, **kwargs)
         return run
 
     # These are looked up as module globals when a process is forked, so wrapping them here reaches
@@ -346,6 +355,10 @@ QUIET_LOGS = {"version": 1, "disable_existing_loggers": False,
 
 class PlacedActor(Actor):
     """An actor that runs only on the host its creator names: targetActorRequirements={HOST_CAPABILITY: name}."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        logs.adopt_inherited_loggers()  # loggers its modules made in the processes it was forked from
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities, requirements):

@@ -13,7 +13,7 @@ from .actorsystem import HOST_CAPABILITY
 from .messages import Ping, Pong, Reap, Reaped
 from .reaper import Reaper
 from .registry import Registry, UnitState
-from .timers import Beat, ReapDeadline, ReapTimeout
+from .timers import Beat, ExitRecheck, InitTimeout, ReapDeadline, ReapTimeout, StopTimeout
 
 log = logging.getLogger("labctl.supervisor")
 
@@ -27,6 +27,7 @@ class Liveness:
     def __init__(self, actor, registry: Registry, run_dir: str) -> None:
         self.actor = actor
         self.registry = registry
+        self.run_dir = run_dir
         self.remote_file = os.path.join(run_dir, "remote-pids.json")
         self.remote_pids: dict[str, tuple[str, int]] = {}   # unit -> (host, pid) of remote processes
         self.reaps: list[tuple[str, int, str]] = []          # (host, pid, unit) waiting for a Reaper
@@ -61,7 +62,31 @@ class Liveness:
         self.actor.send(unit.address, Ping(unit.ping_seq))
         self.actor.after(sup.heartbeat_s, Beat(unit.name, unit.incarnation))
 
+    def beat_due(self, timer: Beat) -> None:
+        unit = self.registry.current(timer)
+        if unit is not None and unit.state == "running" and unit.exit_plan is None:
+            self.beat(unit)
+
     # -- killing ----------------------------------------------------------------------------
+
+    def init_timeout(self, timer: InitTimeout) -> None:
+        """Construction must be over by now (the process's own alarm is the first line)."""
+        unit = self.registry.current(timer)
+        if unit is not None and unit.state != "running":
+            self.kill(unit, f"construction took longer than {unit.supervision.init_timeout_s:g} s")
+
+    def stop_timeout(self, timer: StopTimeout) -> None:
+        """A process asked to exit that has not: killed."""
+        unit = self.registry.current(timer)
+        if unit is not None:
+            self.kill(unit, f"did not stop within {unit.supervision.stop_timeout_s:g} s")
+
+    def exit_due(self, timer: ExitRecheck | ReapTimeout) -> None:
+        """Look again at a process reported ended (still running), or one no reaper confirmed."""
+        unit = self.registry.current(timer)
+        if unit is not None:
+            self.actor.process_ended(unit.address)
+
 
     def kill(self, unit: UnitState, reason: str) -> None:
         """End a unit's process that does not answer: SIGKILL by pid, on its own host."""
@@ -69,6 +94,7 @@ class Liveness:
         log.error("%s: %s; killing pid %s", unit.name, reason, unit.pid, extra={"device": unit.name})
         remote = self.registry.remote(unit)
         if unit.pid and not remote and processes.parent_of(unit.pid) == os.getpid():
+            processes.kill_group(unit.pid, self.run_dir)  # first, while its process tree can still be walked
             try:
                 os.kill(unit.pid, signal.SIGKILL)
                 return  # ChildActorExited follows in a few milliseconds

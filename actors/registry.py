@@ -97,6 +97,11 @@ class Registry:
         """The unit a device (or sub-device) name belongs to."""
         return self.units.get(self.unit_of.get(device, ""))
 
+    def current(self, timer) -> UnitState | None:
+        """The unit a timer (or report) is for, if it is still about the unit's current process."""
+        unit = self.units.get(timer.unit)
+        return unit if unit is not None and unit.incarnation == timer.incarnation and unit.address else None
+
     def by_address(self, address) -> UnitState | None:
         """The unit whose current process has this address."""
         return next((u for u in self.units.values() if u.address is not None and u.address == address), None)
@@ -121,11 +126,15 @@ class Registry:
         """The registry as LabStatus, one line per device and sub-device."""
         now = time.monotonic()
         infos = []
+        subs: dict[str, list[str]] = {}  # device -> its sub-devices, in one pass (a lab may have hundreds)
+        for name in self.unit_of:
+            if "." in name:
+                subs.setdefault(name.split(".")[0], []).append(name)
         for unit in self.units.values():
             uptime = now - unit.running_since if unit.running_since is not None and unit.state == "running" else None
             for device in unit.spec.devices:
-                names = [device.name] + sorted(n for n, u in self.unit_of.items()
-                                               if u == unit.name and n.startswith(device.name + "."))
+                names = [device.name] + sorted(n for n in subs.get(device.name, ())
+                                               if self.unit_of[n] == unit.name)
                 for name in names:
                     description = unit.descriptions.get(name)
                     driver = (device.driver or device.factory) if name == device.name else \

@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from datetime import timedelta
 
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
-from . import failures, policy, processes, runstate
+from . import failures, logs, policy, processes, runstate
 from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
 from .eventfeed import EventFeed
@@ -32,6 +33,10 @@ from .timers import Beat, EventsDue, ExitRecheck, InitTimeout, Launch, ReapDeadl
 log = logging.getLogger("labctl.supervisor")
 
 PROBE_FIRST_S = 0.5
+# Processes constructing at once: a lab of hundreds of devices starting all together on a small
+# machine starves every process of CPU, heartbeats are missed, and restarts storm. Paced, start-up
+# time grows linearly with the number of devices.
+MAX_STARTING = max(8, 4 * (os.cpu_count() or 1))
 INIT_GRACE_S = 1.0
 EXIT_RECHECK_S = 0.005
 
@@ -41,12 +46,15 @@ class Supervisor(Actor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        logs.adopt_inherited_loggers()  # this module's loggers were made in the keeper, before the fork
         self.lab = self.registry = self.router = self.liveness = self.probing = None
         self.events = EventFeed(self)
         self.keeper_pid = 0
         self.run_dir = ""
         self.stopping = False
         self.stop_waiters: list[tuple[object, str]] = []
+        self.starting: set[str] = set()         # units whose process is constructing
+        self.queued: deque[UnitState] = deque()  # units waiting for a free start slot
         self.handlers = {
             Done: lambda m, s: self.router.done(m.request_id), Pong: lambda m, s: self.liveness.pong(m),
             WakeupMessage: lambda m, s: self.wakeup(m.payload), ChildActorExited: lambda m, s: self.child_exited(m),
@@ -62,8 +70,9 @@ class Supervisor(Actor):
             PoisonMessage: lambda m, s: log.warning("a message could not be handled: %r", m.poisonMessage),
         }
         self.timers = {
-            Launch: self.launch_due, Beat: self.beat_due, InitTimeout: self.init_timeout,
-            StopTimeout: self.stop_timeout, ExitRecheck: self.exit_due, ReapTimeout: self.exit_due,
+            Launch: self.launch_due, Beat: lambda t: self.liveness.beat_due(t),
+            InitTimeout: lambda t: self.liveness.init_timeout(t), StopTimeout: lambda t: self.liveness.stop_timeout(t),
+            ExitRecheck: lambda t: self.liveness.exit_due(t), ReapTimeout: lambda t: self.liveness.exit_due(t),
             ReapDeadline: lambda t: self.liveness.reap_deadline(t), EventsDue: self.events.due,
         }
 
@@ -90,11 +99,6 @@ class Supervisor(Actor):
         handler = self.timers.get(type(timer))
         if handler is not None:
             handler(timer)
-
-    def current(self, timer) -> UnitState | None:
-        """The unit a timer is for, if the timer is still about the unit's current process."""
-        unit = self.registry.get(timer.unit)
-        return unit if unit is not None and unit.incarnation == timer.incarnation and unit.address else None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -126,10 +130,16 @@ class Supervisor(Actor):
         if floating and unit.candidates is None:
             self.probing.start(unit, floating)
             return
+        if len(self.starting) >= MAX_STARTING and unit.name not in self.starting:
+            if unit not in self.queued:
+                self.queued.append(unit)
+            return
         candidates, unit.candidates = unit.candidates or {}, None  # each (re)start probes afresh
+        self.starting.add(unit.name)
         try:
             address = self.createActor(DeviceHost, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
         except Exception as exc:
+            self.started(unit)
             self.start_impossible(unit, f"cannot create a process on host {unit.spec.host!r}: {exc}")
             return
         unit.new_process(address, local_child_pid(self, address))
@@ -137,6 +147,14 @@ class Supervisor(Actor):
         self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.run_dir,
                                      self.lab.max_argument_bytes, os.getpid()))
         self.after(sup.init_timeout_s + INIT_GRACE_S, InitTimeout(unit.name, unit.incarnation))
+
+    def started(self, unit: UnitState) -> None:
+        """A unit's construction is over (ready, failed, or its process ended): start the next queued."""
+        self.starting.discard(unit.name)
+        while self.queued and len(self.starting) < MAX_STARTING:
+            waiting = self.queued.popleft()
+            if waiting.address is None:
+                self.launch(waiting)
 
     def start_impossible(self, unit: UnitState, reason: str) -> None:
         """A unit that cannot start yet (unit not plugged in, host absent): failed, retried with back-off."""
@@ -171,6 +189,7 @@ class Supervisor(Actor):
             unit.last_error, unit.waiting = None, False
         self.registry.learn_names(unit, message.devices)
         unit.degraded.clear()
+        self.started(unit)
         self.events.emit(unit, "running", pid=message.pid)
         if self.stopping:
             self.end(unit, "stop")
@@ -188,7 +207,7 @@ class Supervisor(Actor):
     def hung(self, message: Hung) -> None:
         """A device process reports a driver call past its time limit: kill it, it cannot recover."""
         self.router.not_started(message.not_started, f"{message.unit} hung on {message.method}")
-        unit = self.current(message)
+        unit = self.registry.current(message)
         if unit is not None:
             declared = {method for d in unit.descriptions.values() for method in d.time_limits}
             limit = (f"its time limit of {message.limit_s:g} s" if message.method in declared
@@ -205,6 +224,8 @@ class Supervisor(Actor):
             unit.last_error = f"link lost: {notice.detail.get('error', '')}"
         elif notice.kind == "recovered":
             unit.degraded.discard(notice.device)
+        elif notice.kind == "memory_exceeded" and notice.detail.get("pid") == unit.pid:
+            unit.cause = f"memory limit exceeded: {notice.detail['rss_mb']} MB > {notice.detail['limit_mb']} MB"
         self.events.event(notice.device, notice.kind, **notice.detail)
 
     # -- ends -------------------------------------------------------------------------------
@@ -230,6 +251,8 @@ class Supervisor(Actor):
             self.after(EXIT_RECHECK_S, ExitRecheck(unit.name, unit.incarnation))
             return
         exitcode = EXIT_CODES.pop(unit.pid, None) if unit.pid else None
+        if unit.pid and not self.registry.remote(unit):
+            processes.kill_group(unit.pid, self.run_dir)  # what its drivers started ends with it, before a restart
         self.liveness.forget(unit)
         ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
         init_timeout = unit.supervision.init_timeout_s
@@ -240,6 +263,7 @@ class Supervisor(Actor):
         killed, cause = unit.cause is not None, unit.cause or processes.exit_cause(exitcode)
         plan, pid = unit.exit_plan, unit.pid
         unit.address = unit.running_since = unit.constructing_since = unit.pid = None
+        self.started(unit)
         if plan == "stop" or self.stopping:
             self.settle(unit, Phase.STOPPED)
         elif plan == "fail":
@@ -310,26 +334,6 @@ class Supervisor(Actor):
         unit = self.registry.get(timer.unit)
         if unit is not None and timer.token == unit.start_token and unit.address is None and not self.stopping:
             self.launch(unit)
-
-    def beat_due(self, timer: Beat) -> None:
-        unit = self.current(timer)
-        if unit is not None and unit.state == Phase.RUNNING and unit.exit_plan is None:
-            self.liveness.beat(unit)
-
-    def init_timeout(self, timer: InitTimeout) -> None:
-        unit = self.current(timer)
-        if unit is not None and unit.state != Phase.RUNNING:
-            self.liveness.kill(unit, f"construction took longer than {unit.supervision.init_timeout_s:g} s")
-
-    def stop_timeout(self, timer: StopTimeout) -> None:
-        unit = self.current(timer)
-        if unit is not None:
-            self.liveness.kill(unit, f"did not stop within {unit.supervision.stop_timeout_s:g} s")
-
-    def exit_due(self, timer: ExitRecheck | ReapTimeout) -> None:
-        unit = self.current(timer)
-        if unit is not None:
-            self.process_ended(unit.address)
 
     # -- by hand ----------------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""Liveness above the devices: a hung supervisor is replaced by the keeper; a supervisor's own stall
+never gets a healthy device blamed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+LAB = """
+[devices.valves]
+driver = "sim-valves"
+heartbeat_s = 0.2
+heartbeat_misses = 2
+[devices.furnace]
+driver = "sim-furnace"
+"""
+
+
+def record(lab) -> dict:
+    return json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+
+
+def test_a_stopped_supervisor_is_replaced_by_the_keeper(lab):
+    lab.write(LAB)
+    assert lab.up().returncode == 0
+    old = record(lab)["supervisor_pid"]
+    os.kill(old, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        status = lab.wait_for(lambda s: record(lab)["supervisor_pid"] != old and s["devices"]
+                              and all(d["state"] == "running" for d in s["devices"]), timeout=30,
+                              what="a new supervisor and every device running")
+        assert time.monotonic() - began < 20  # the keeper checks every 2 s and acts after 2 silent checks
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "hung; killing it" in (lab.log_dir / "lab.log").read_text()
+    assert all(d["restarts"] == 0 for d in status["devices"])
+
+
+def test_a_supervisor_stall_gets_no_device_restarted(lab):
+    """The supervisor stalls for more than twice a device process's watchdog on its silence (3 s):
+    no device ends itself or is counted as hung for it. (The keeper is stopped too, so that it does
+    not replace the supervisor meanwhile: that is the test above.)"""
+    lab.write(LAB)
+    assert lab.up().returncode == 0
+    pids = lab.pids()
+    stopped = [record(lab)["keeper_pid"], record(lab)["supervisor_pid"]]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(7)  # the stall itself is what is tested: nothing to wait for
+    finally:
+        for pid in reversed(stopped):
+            os.kill(pid, signal.SIGCONT)
+    assert lab.labctl("send", "valves", "GetValveState", "A").returncode == 0
+    status = lab.status()
+    assert {d["name"]: d["pid"] for d in status["devices"]} == pids
+    assert all(d["restarts"] == 0 and d["state"] == "running" for d in status["devices"])
+    assert "it is alive, so it is busy: staying up" in (lab.log_dir / "valves.log").read_text()
+
+
+def test_sigkill_of_thespians_logger_costs_no_device_nor_the_admin(lab):
+    """Losing the logger may cost log lines (processes that knew the old one log into the void), never
+    a device or the admin."""
+    lab.write(LAB)
+    assert lab.up().returncode == 0
+    pids, rec = lab.pids(), record(lab)
+    from labctl.actors import processes
+
+    loggers = [pid for pid in lab.leftovers()
+               if processes.parent_of(pid) == rec["admin_pid"] and pid != rec["supervisor_pid"]]
+    assert len(loggers) == 1, loggers
+    os.kill(loggers[0], signal.SIGKILL)
+    assert processes.wait_gone(loggers, 5.0) == set()
+    # the admin starts another logger instead of crashing, and nothing else changes
+    lab.wait_for(lambda s: any(processes.parent_of(pid) == rec["admin_pid"] and pid not in loggers
+                               and pid != rec["supervisor_pid"] for pid in lab.leftovers()),
+                 timeout=10, what="a new logger")
+    assert lab.labctl("send", "valves", "OpenValve", "A").returncode == 0
+    assert processes.is_alive(rec["admin_pid"]) and record(lab)["supervisor_pid"] == rec["supervisor_pid"]
+    assert lab.pids() == pids and all(d["restarts"] == 0 for d in lab.status()["devices"])
