@@ -30,8 +30,10 @@ from labctl.hardware import Device, NotPresent, remote_methods
 from . import logs, processes
 from .actorsystem import PlacedActor
 from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
-from .messages import (Construct, Deliver, DeviceNotice, Done, Failure, Hung, NotStarted, Ping, Pong, Reply,
-                       StartUnit, UnitFailed, UnitReady, UnitStarted)
+from .messages import Failure, Reply
+from .protocol import (Construct, Deliver, DeviceNotice, Done, Hung, NotStarted, Ping, Pong, StartUnit,
+                       UnitFailed, UnitReady, UnitStarted)
+from .policy import backoff_delay
 
 log = logging.getLogger("labctl.devicehost")
 
@@ -291,7 +293,7 @@ class DeviceHost(PlacedActor):
             self.link_lost(owner, outcome.detail)
         elif job.request is None:  # a reconnect attempt that failed
             self.degraded[owner] = self.degraded.get(owner, 0) + 1
-            delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** self.degraded[owner])
+            delay = backoff_delay(self.degraded[owner], RECONNECT_FIRST_S, RECONNECT_MAX_S)
             with logs.driving(owner):
                 log.info("reconnect attempt %d failed: %s", self.degraded[owner], outcome.detail)
             self.wakeupAfter(timedelta(seconds=delay), payload=("reconnect", owner))

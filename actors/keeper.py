@@ -16,6 +16,8 @@ import signal
 import time
 import uuid
 
+from thespian.system.messages.status import Thespian_StatusReq, Thespian_SystemStatus
+
 from labctl.config.schema import Lab
 
 from . import labkey, logs, processes, runstate
@@ -58,7 +60,7 @@ class Keeper:
         self.stop_requested = False
         self.incarnation = 0          # how many times the supervisor or the admin was brought back
         self.next_check = time.monotonic() + LIVENESS_S
-        self.silent = 0               # liveness checks in a row the supervisor did not answer
+        self.silent = {"admin": 0, "supervisor": 0}   # liveness checks in a row each did not answer
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         keep_out_of_children(self._wake_r, self._wake_w)
@@ -142,23 +144,28 @@ class Keeper:
                 self.check_supervisor(supervisor)
 
     def check_supervisor(self, pid: int) -> None:
-        """Ask the supervisor how the lab is; one that stays silent LIVENESS_MISSES times in a row is
-        hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
+        """Ask the admin and the supervisor how they are; one that stays silent LIVENESS_MISSES times in
+        a row is hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
         self.next_check = time.monotonic() + LIVENESS_S
-        try:
-            # A fresh context (a timeout must not stall the next ask) that never starts an admin of its
-            # own if it finds the lab's gone: recovering the admin is this loop's job.
-            with never_starting_an_admin(), self.system.private() as context:
-                reply = context.ask(self.supervisor, GetLabStatus(request_id=uuid.uuid4().hex), LIVENESS_S)
-        except Exception as exc:  # the admin itself may be in trouble; the loop sees it die
-            self.log.warning("asking the supervisor how the lab is: %s", exc)
-            reply = None
-        self.silent = 0 if isinstance(reply, LabStatus) else self.silent + 1
-        if self.silent >= LIVENESS_MISSES:
-            self.log.error("the supervisor (pid %d) has not answered for %d checks %.0f s apart: hung; killing it",
-                           pid, self.silent, LIVENESS_S)
-            self.silent = 0
-            processes.kill_all([pid], timeout=2.0)
+        for name, address, question, answer, who in (
+                ("admin", self.system._systemBase.adminAddr, Thespian_StatusReq(), Thespian_SystemStatus,
+                 self.record.admin_pid),
+                ("supervisor", self.supervisor, GetLabStatus(request_id=uuid.uuid4().hex), LabStatus, pid)):
+            try:
+                # A fresh context (a timeout must not stall the next ask) that never starts an admin
+                # of its own if it finds the lab's gone: recovering the admin is this loop's job.
+                with never_starting_an_admin(), self.system.private() as context:
+                    reply = context.ask(address, question, LIVENESS_S)
+            except Exception as exc:  # the admin itself may be in trouble; the loop sees it die
+                self.log.warning("asking the %s how the lab is: %s", name, exc)
+                reply = None
+            self.silent[name] = 0 if isinstance(reply, answer) else self.silent[name] + 1
+            if self.silent[name] >= LIVENESS_MISSES:
+                self.log.error("the %s (pid %d) has not answered for %d checks %.0f s apart: hung; killing it",
+                               name, who, self.silent[name], LIVENESS_S)
+                self.silent[name] = 0
+                processes.kill_all([who], timeout=2.0)
+                return
 
     def supervisor_died(self) -> None:
         """Replace a dead supervisor once every process of the old one is gone."""

@@ -10,7 +10,7 @@ import time
 
 from . import processes, runstate
 from .actorsystem import HOST_CAPABILITY
-from .messages import Ping, Pong, Reap, Reaped
+from .protocol import Ping, Pong, Reap, Reaped
 from .reaper import Reaper
 from .registry import Registry, UnitState
 from .timers import Beat, ExitRecheck, InitTimeout, ReapDeadline, ReapTimeout, StopTimeout

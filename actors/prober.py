@@ -11,7 +11,7 @@ from labctl.config.drivers import resolve_driver
 from labctl.hardware import probe
 
 from .actorsystem import PlacedActor
-from .messages import ProbeRequest, ProbeResult
+from .protocol import ProbeRequest, ProbeResult
 
 log = logging.getLogger("labctl.prober")
 

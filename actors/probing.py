@@ -8,7 +8,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest
 
 from .actorsystem import HOST_CAPABILITY
-from .messages import ProbeRequest, ProbeResult
+from .protocol import ProbeRequest, ProbeResult
 from .prober import Prober
 from .registry import Registry, UnitState
 

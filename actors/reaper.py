@@ -11,7 +11,7 @@ from thespian.actors import ActorExitRequest
 
 from . import processes
 from .actorsystem import PlacedActor
-from .messages import Reap, Reaped
+from .protocol import Reap, Reaped
 
 log = logging.getLogger("labctl.reaper")
 

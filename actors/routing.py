@@ -8,7 +8,8 @@ from typing import Any
 import attrs
 
 from . import failures
-from .messages import Deliver, DescribeDevice, DeviceDescription, DeviceRequest, Reply
+from .messages import DescribeDevice, DeviceDescription, DeviceRequest, Reply
+from .protocol import Deliver
 from .registry import Registry, UnitState
 
 

@@ -40,7 +40,7 @@ def private_dir(path: Path) -> Path:
         raise RunDirUnsafe(f"cannot create the run folder {path}: {exc.strerror or exc}; "
                            "set LABCTL_RUN_DIR to a folder of your own") from None
     info = os.lstat(path)
-    advice = f"remove it or set LABCTL_RUN_DIR to a private folder of your own (mkdir -m 700 DIR)"
+    advice = "remove it or set LABCTL_RUN_DIR to a private folder of your own (mkdir -m 700 DIR)"
     if not stat.S_ISDIR(info.st_mode):
         raise RunDirUnsafe(f"the run folder {path} is not a folder (a link or a file); {advice}")
     if info.st_uid != os.getuid():

@@ -22,9 +22,10 @@ from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
 from .eventfeed import EventFeed
 from .liveness import Liveness
-from .messages import (Construct, DescribeDevice, DeviceNotice, DeviceRequest, Done, GetEvents, GetLabStatus, Hung,
-                       InitLab, NotStarted, Pong, ProbeResult, Reaped, Reply, Request, RestartDevice, StartUnit,
-                       StopLab, UnitFailed, UnitReady, UnitStarted)
+from .messages import (DescribeDevice, DeviceRequest, GetEvents, GetLabStatus, InitLab, Reply, Request,
+                       RestartDevice, StopLab)
+from .protocol import (Construct, DeviceNotice, Done, Hung, NotStarted, Pong, ProbeResult, Reaped, StartUnit,
+                       UnitFailed, UnitReady, UnitStarted)
 from .probing import Probing
 from .registry import Phase, Registry, UnitState
 from .routing import Router

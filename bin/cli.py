@@ -14,7 +14,7 @@ import click
 
 from labctl.actors import labkey, processes
 from labctl.actors.client import LabClient, connect
-from labctl.actors.errors import DeviceError, LabError, LabNotRunning, UnknownDevice
+from labctl.actors.errors import DeviceError, LabError, UnknownDevice
 from labctl.actors.messages import DEVICE_MESSAGES, Call
 from labctl.config import ConfigError, load
 
@@ -216,6 +216,8 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
                         break
                     since = client.events(since, wait_s=0.5).last_seq
                 except LabError:
+                    if keeper_pid:  # a lab that stops answers so as it goes: see whether its keeper ends
+                        processes.wait_gone([keeper_pid], 5.0)
                     if not stopped():
                         raise
                 if stopped():

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from labctl.actors.messages import OpenValve
+
 pytestmark = pytest.mark.integration
 
 LAB = """
@@ -88,3 +90,48 @@ def test_sigkill_of_thespians_logger_costs_no_device_nor_the_admin(lab):
     assert lab.labctl("send", "valves", "OpenValve", "A").returncode == 0
     assert processes.is_alive(rec["admin_pid"]) and record(lab)["supervisor_pid"] == rec["supervisor_pid"]
     assert lab.pids() == pids and all(d["restarts"] == 0 for d in lab.status()["devices"])
+
+
+def test_a_stopped_admin_is_replaced_by_the_keeper(lab):
+    lab.write(LAB)
+    assert lab.up().returncode == 0
+    old = record(lab)["admin_pid"]
+    os.kill(old, signal.SIGSTOP)
+    try:
+        lab.wait_for(lambda s: record(lab)["admin_pid"] != old and s["devices"]
+                     and all(d["state"] == "running" for d in s["devices"]), timeout=40,
+                     what="a new admin and every device running")
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "the admin (pid" in (lab.log_dir / "lab.log").read_text()
+
+
+def test_thousands_of_abandoned_long_polls_cost_nothing(lab, client_for):
+    """A client leaves 5,000 long-polls (wait_s=1e6) and exits: the supervisor keeps a few per client
+    and answers the rest at once, so status stays fast and no device is restarted."""
+    lab.write(LAB)
+    assert lab.up().returncode == 0
+    pids = lab.pids()
+    flood = ("import os, sys, uuid\n"
+             "from labctl.actors.client import connect\n"
+             "from labctl.actors.messages import GetEvents\n"
+             "lab = connect(int(sys.argv[1]), key_file=sys.argv[2])\n"
+             "context = lab._context()\n"
+             "supervisor = lab._supervisor(context)\n"
+             "for _ in range(5000):\n"
+             "    context.tell(supervisor, GetEvents(10**9, 1e6, request_id=uuid.uuid4().hex))\n"
+             "os._exit(0)\n")
+    done = lab.popen_python(flood, str(lab.port), str(lab.key_file))
+    assert done.wait(timeout=120) == 0
+    client = client_for(lab, timeout=5)
+    client.send("valves", OpenValve("A"))  # an event: every waiter kept is answered, its client gone
+    for _ in range(5):  # over several heartbeat periods (0.2 s), each answered at once
+        began = time.monotonic()
+        status = client.status()
+        assert time.monotonic() - began < 1
+        client.events(client.events().last_seq, wait_s=0.3)  # waits for an event that does not come
+    assert {d.name: d.pid for d in status.devices} == pids
+    assert all(d.restarts == 0 and d.state == "running" for d in status.devices)
