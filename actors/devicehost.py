@@ -27,7 +27,7 @@ from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, Watc
 from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
 from labctl.hardware import Device, NotPresent, remote_methods
 
-from . import logs, processes
+from . import families, logs, processes
 from .actorsystem import PlacedActor
 from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
 from .messages import Failure, Reply
@@ -46,7 +46,7 @@ MEMORY_EXIT_GRACE_S = 0.1   # past the limit: time for its report to leave befor
 class DeviceHost(PlacedActor):
     """Owns drivers in its own process and answers requests addressed to them."""
 
-    family: processes.Family | None = None        # its process group and what its drivers started
+    family: families.Family | None = None        # its process group and what its drivers started
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -100,9 +100,11 @@ class DeviceHost(PlacedActor):
         if self.supervisor is not None:
             return  # a repeated StartUnit must not open the hardware twice
         self.supervisor, self.spec = supervisor, message
-        self.family = processes.Family(message.run_dir)  # a group of its own, before any driver starts a process
+        self.family = families.Family(message.run_dir)  # a group of its own, before any driver starts a process
         logs.tag_records_with_device(message.unit)
         logs.adopt_inherited_loggers()
+        if os.getppid() == message.supervisor_pid and message.log_dir:  # on the supervisor's machine
+            logs.write_locally(message.log_dir)
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by
         # pid, on any host. Waiting for the answer also makes sure this message has left: one sent
         # just before a blocking call may not, on a connection not yet used.

@@ -20,7 +20,7 @@ from thespian.system.messages.status import Thespian_StatusReq, Thespian_SystemS
 
 from labctl.config.schema import Lab
 
-from . import labkey, logs, processes, runstate
+from . import families, labkey, logs, processes, runstate
 from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, never_starting_an_admin, start_admin
 from .errors import LabError
 from .messages import GetLabStatus, InitLab, LabStatus, Reply
@@ -29,7 +29,8 @@ from .supervisor import Supervisor
 
 INIT_TIMEOUT_S = 15.0
 LIVENESS_S = 2.0        # the keeper asks the supervisor how the lab is this often ...
-LIVENESS_MISSES = 2     # ... and kills one that stays silent this many times in a row
+LIVENESS_MISSES = 2     # ... and kills one that stays silent this many times in a row (stopped) ...
+BUSY_MISSES = 5         # ... or this many (running, but not answering: stuck)
 
 
 class LabAlreadyRunning(LabError):
@@ -144,8 +145,8 @@ class Keeper:
                 self.check_supervisor(supervisor)
 
     def check_supervisor(self, pid: int) -> None:
-        """Ask the admin and the supervisor how they are; one that stays silent LIVENESS_MISSES times in
-        a row is hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
+        """Ask the admin and the supervisor how they are; one that stays silent too many times in a row
+        is hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
         self.next_check = time.monotonic() + LIVENESS_S
         for name, address, question, answer, who in (
                 ("admin", self.system._systemBase.adminAddr, Thespian_StatusReq(), Thespian_SystemStatus,
@@ -160,7 +161,11 @@ class Keeper:
                 self.log.warning("asking the %s how the lab is: %s", name, exc)
                 reply = None
             self.silent[name] = 0 if isinstance(reply, answer) else self.silent[name] + 1
-            if self.silent[name] >= LIVENESS_MISSES:
+            # A busy process may keep a status request waiting a while (the admin placing an actor on
+            # a host that does not answer, a supervisor with a burst of work): give it longer, unless
+            # it is plainly stopped. Replacing a supervisor restarts every device.
+            patience = LIVENESS_MISSES if processes.is_stopped(who) else BUSY_MISSES
+            if self.silent[name] >= patience:
                 self.log.error("the %s (pid %d) has not answered for %d checks %.0f s apart: hung; killing it",
                                name, who, self.silent[name], LIVENESS_S)
                 self.silent[name] = 0
@@ -172,7 +177,7 @@ class Keeper:
         self.log.error("the supervisor (pid %d) died; starting a new one", self.record.supervisor_pid)
         # Its device hosts die with it (parent-death signal); make sure, before new ones open the hardware.
         # What their drivers started in new sessions did not: their records name it.
-        processes.kill_recorded_families(runstate.lab_dir(self.lab.port))
+        families.kill_recorded_families(runstate.lab_dir(self.lab.port))
         orphans = [pid for pid in self.record.lab_processes()
                    if pid != self.record.admin_pid and processes.parent_of(pid) != self.record.admin_pid]
         survivors = processes.kill_all(orphans, timeout=2.0)
@@ -200,7 +205,7 @@ class Keeper:
         Besides the recorded processes: an admin this keeper forked (its parent, as subreaper) that
         holds the port but never finished starting, so it was never recorded."""
         ours = [pid for pid in processes.port_listeners(self.lab.port) if processes.parent_of(pid) == os.getpid()]
-        processes.kill_recorded_families(runstate.lab_dir(self.lab.port))
+        families.kill_recorded_families(runstate.lab_dir(self.lab.port))
         processes.kill_all(self.record.lab_processes() + ours, timeout=2.0)
         processes.reap_children()
         if not processes.wait_port_free(self.lab.port, self.lab.bind, timeout=2.0):

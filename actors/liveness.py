@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from . import processes, runstate
+from . import families, processes, runstate
 from .actorsystem import HOST_CAPABILITY
 from .protocol import Ping, Pong, Reap, Reaped
 from .reaper import Reaper
@@ -94,7 +94,7 @@ class Liveness:
         log.error("%s: %s; killing pid %s", unit.name, reason, unit.pid, extra={"device": unit.name})
         remote = self.registry.remote(unit)
         if unit.pid and not remote and processes.parent_of(unit.pid) == os.getpid():
-            processes.kill_group(unit.pid, self.run_dir)  # first, while its process tree can still be walked
+            families.kill_group(unit.pid, self.run_dir)  # first, while its process tree can still be walked
             try:
                 os.kill(unit.pid, signal.SIGKILL)
                 return  # ChildActorExited follows in a few milliseconds

@@ -137,6 +137,21 @@ def log_failure(device: str, method: str, args: tuple, kwargs: dict, exc: Except
                                                        type(exc).__name__, text)
 
 
+def write_locally(log_dir: str) -> None:
+    """In a lab process on the leader's machine: write log records straight to lab.log and the device
+    files (appending, as the logger process does) instead of through Thespian's logger process, so
+    that a logger that is stopped or dead costs nothing here: not a blocked thread, not a heartbeat."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(FORMAT)
+    handlers = [logging.FileHandler(Path(log_dir) / "lab.log"), DeviceFiles(log_dir)]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(DeviceFilter())
+    root = logging.getLogger()
+    root.handlers = handlers  # replaces Thespian's forwarder to its logger
+    root.setLevel(logging.INFO)
+
+
 def file_logger(log_dir: str, name: str = "labctl.keeper") -> logging.Logger:
     """A logger writing to the lab's lab.log from a process outside the actor system (the keeper)."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ class StartUnit:
     run_dir: str
     max_argument_bytes: int = 1 << 20   # [lab] max_argument_bytes: larger call arguments are refused
     supervisor_pid: int = 0             # a process whose parent this is needs no watchdog on its silence
+    log_dir: str = ""                   # where a process on the supervisor's machine writes its logs
 
 
 @frozen

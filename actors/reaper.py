@@ -9,7 +9,7 @@ import signal
 
 from thespian.actors import ActorExitRequest
 
-from . import processes
+from . import families, processes
 from .actorsystem import PlacedActor
 from .protocol import Reap, Reaped
 
@@ -25,7 +25,7 @@ class Reaper(PlacedActor):
         # Device hosts placed on this host are children of its admin, as this reaper is: never
         # kill anything else, whatever pid arrives.
         if processes.parent_of(message.pid) == os.getppid():
-            processes.kill_group(message.pid)  # and what its drivers started
+            families.kill_group(message.pid)  # and what its drivers started
             try:
                 os.kill(message.pid, signal.SIGKILL)
                 log.warning("killed device process %d", message.pid)

@@ -2,8 +2,9 @@
 
 It starts, watches and restarts units (a device, or a shared group, in its own process) under
 OTP's rules; the rest is delegated: the rules themselves (policy.decide, pure), what it knows of
-each unit (registry), heartbeats and kills (liveness), floating devices (probing), requests and
-what is in flight (routing), and events (eventfeed). Every message type has one handler, below.
+each unit (registry), starting them, paced (starting), heartbeats and kills (liveness), floating
+devices (probing), requests and what is in flight (routing), and events (eventfeed). Every
+message type has one handler, in the table below.
 """
 
 from __future__ import annotations
@@ -12,33 +13,26 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from datetime import timedelta
 
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
-from . import failures, logs, policy, processes, runstate
-from .actorsystem import EXIT_CODES, HOST_CAPABILITY, local_child_pid
-from .devicehost import DeviceHost
+from . import failures, families, logs, policy, processes, runstate
+from .actorsystem import EXIT_CODES
 from .eventfeed import EventFeed
 from .liveness import Liveness
 from .messages import (DescribeDevice, DeviceRequest, GetEvents, GetLabStatus, InitLab, Reply, Request,
                        RestartDevice, StopLab)
-from .protocol import (Construct, DeviceNotice, Done, Hung, NotStarted, Pong, ProbeResult, Reaped, StartUnit,
-                       UnitFailed, UnitReady, UnitStarted)
+from .protocol import (DeviceNotice, Done, Hung, NotStarted, Pong, ProbeResult, Reaped, UnitFailed, UnitReady,
+                       UnitStarted)
 from .probing import Probing
 from .registry import Phase, Registry, UnitState
 from .routing import Router
+from .starting import Starts
 from .timers import Beat, EventsDue, ExitRecheck, InitTimeout, Launch, ReapDeadline, ReapTimeout, StopTimeout
 
 log = logging.getLogger("labctl.supervisor")
 
-PROBE_FIRST_S = 0.5
-# Processes constructing at once: a lab of hundreds of devices starting all together on a small
-# machine starves every process of CPU, heartbeats are missed, and restarts storm. Paced, start-up
-# time grows linearly with the number of devices.
-MAX_STARTING = max(8, 4 * (os.cpu_count() or 1))
-INIT_GRACE_S = 1.0
 EXIT_RECHECK_S = 0.005
 
 
@@ -48,21 +42,19 @@ class Supervisor(Actor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         logs.adopt_inherited_loggers()  # this module's loggers were made in the keeper, before the fork
-        self.lab = self.registry = self.router = self.liveness = self.probing = None
+        self.lab = self.registry = self.router = self.liveness = self.probing = self.starts = None
         self.events = EventFeed(self)
         self.keeper_pid = 0
         self.run_dir = ""
         self.stopping = False
         self.stop_waiters: list[tuple[object, str]] = []
-        self.starting: set[str] = set()         # units whose process is constructing
-        self.queued: deque[UnitState] = deque()  # units waiting for a free start slot
         self.handlers = {
             Done: lambda m, s: self.router.done(m.request_id), Pong: lambda m, s: self.liveness.pong(m),
             WakeupMessage: lambda m, s: self.wakeup(m.payload), ChildActorExited: lambda m, s: self.child_exited(m),
-            UnitStarted: lambda m, s: self.unit_started(m), Hung: lambda m, s: self.hung(m),
+            UnitStarted: lambda m, s: self.starts.unit_started(m), Hung: lambda m, s: self.hung(m),
             NotStarted: lambda m, s: self.router.not_started(m.request_ids, m.why),
-            Reaped: lambda m, s: self.liveness.reaped(m), UnitReady: lambda m, s: self.unit_ready(m),
-            UnitFailed: lambda m, s: self.unit_failed(m), DeviceNotice: lambda m, s: self.device_notice(m),
+            Reaped: lambda m, s: self.liveness.reaped(m), UnitReady: lambda m, s: self.starts.unit_ready(m),
+            UnitFailed: lambda m, s: self.starts.unit_failed(m), DeviceNotice: lambda m, s: self.device_notice(m),
             ProbeResult: lambda m, s: self.probing.result(m), InitLab: self.init_lab,
             GetLabStatus: lambda m, s: self.send(s, self.registry.status(m.request_id, self.keeper_pid)),
             GetEvents: self.events.get, DescribeDevice: lambda m, s: self.router.describe(m, s),
@@ -71,7 +63,7 @@ class Supervisor(Actor):
             PoisonMessage: lambda m, s: log.warning("a message could not be handled: %r", m.poisonMessage),
         }
         self.timers = {
-            Launch: self.launch_due, Beat: lambda t: self.liveness.beat_due(t),
+            Launch: lambda t: self.starts.launch_due(t), Beat: lambda t: self.liveness.beat_due(t),
             InitTimeout: lambda t: self.liveness.init_timeout(t), StopTimeout: lambda t: self.liveness.stop_timeout(t),
             ExitRecheck: lambda t: self.liveness.exit_due(t), ReapTimeout: lambda t: self.liveness.exit_due(t),
             ReapDeadline: lambda t: self.liveness.reap_deadline(t), EventsDue: self.events.due,
@@ -111,8 +103,10 @@ class Supervisor(Actor):
             self.run_dir = str(runstate.lab_dir(self.lab.port))
             self.router, self.probing = Router(self, self.registry), Probing(self, self.registry)
             self.liveness = Liveness(self, self.registry, self.run_dir)
+            self.starts = Starts(self)
             log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),
                      len(self.registry.units))
+            logs.write_locally(self.lab.log_dir)
             self.events.open(self.lab.log_dir)
             if message.incarnation:  # a replacement: the lab's history and restart counts carry on
                 self.events.restore_records(self.registry)
@@ -124,86 +118,12 @@ class Supervisor(Actor):
         self.send(sender, Reply(message.request_id, {"pid": os.getpid(), "admin_pid": os.getppid()}))
 
     def launch(self, unit: UnitState) -> None:
-        """Create the unit's process (probing its floating devices first)."""
-        if self.stopping or unit.reaping:
-            return
-        floating = [d for d in unit.spec.devices if d.uid is not None]
-        if floating and unit.candidates is None:
-            self.probing.start(unit, floating)
-            return
-        if len(self.starting) >= MAX_STARTING and unit.name not in self.starting:
-            if unit not in self.queued:
-                self.queued.append(unit)
-            return
-        candidates, unit.candidates = unit.candidates or {}, None  # each (re)start probes afresh
-        self.starting.add(unit.name)
-        try:
-            address = self.createActor(DeviceHost, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
-        except Exception as exc:
-            self.started(unit)
-            self.start_impossible(unit, f"cannot create a process on host {unit.spec.host!r}: {exc}")
-            return
-        unit.new_process(address, local_child_pid(self, address))
-        sup = unit.supervision
-        self.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.run_dir,
-                                     self.lab.max_argument_bytes, os.getpid()))
-        self.after(sup.init_timeout_s + INIT_GRACE_S, InitTimeout(unit.name, unit.incarnation))
-
-    def started(self, unit: UnitState) -> None:
-        """A unit's construction is over (ready, failed, or its process ended): start the next queued."""
-        self.starting.discard(unit.name)
-        while self.queued and len(self.starting) < MAX_STARTING:
-            waiting = self.queued.popleft()
-            if waiting.address is None:
-                self.launch(waiting)
+        """Start the unit's process, when a start slot is free (see starting)."""
+        self.starts.launch(unit)
 
     def start_impossible(self, unit: UnitState, reason: str) -> None:
-        """A unit that cannot start yet (unit not plugged in, host absent): failed, retried with back-off."""
-        delay = policy.backoff_delay(unit.probe_attempts, PROBE_FIRST_S, unit.supervision.probe_backoff_max_s)
-        unit.probe_attempts += 1
-        unit.waiting = True
-        if unit.state != Phase.FAILED or unit.last_error != reason:  # say it once, not at every retry
-            unit.state, unit.last_error = Phase.FAILED, reason
-            self.events.emit(unit, "failed", reason=reason, retry_in_s=round(delay, 3))
-            self.events.keep_record(unit)
-        unit.start_token += 1
-        self.after(delay, Launch(unit.name, unit.start_token))
-
-    def unit_started(self, message: UnitStarted) -> None:
-        """A unit's process reported its pid: remember it (on file, if remote), then let it construct."""
-        unit = self.registry.get(message.unit)
-        if unit is None or unit.incarnation != message.incarnation or unit.address is None:
-            return
-        unit.pid = message.pid
-        self.liveness.remember(unit, message.pid)
-        unit.constructing_since = time.monotonic()
-        self.send(unit.address, Construct(unit.incarnation))
-
-    def unit_ready(self, message: UnitReady) -> None:
-        """A unit's drivers are up: running, heartbeats start."""
-        unit = self.registry.get(message.unit)
-        if unit is None or unit.incarnation != message.incarnation or unit.address is None:
-            return
-        unit.state, unit.pid, unit.running_since = Phase.RUNNING, message.pid, time.monotonic()
-        unit.constructing_since = None
-        if unit.waiting:  # it was waiting for its unit or host, not crashing: that error is over
-            unit.last_error, unit.waiting = None, False
-        self.registry.learn_names(unit, message.devices)
-        unit.degraded.clear()
-        self.started(unit)
-        self.events.emit(unit, "running", pid=message.pid)
-        if self.stopping:
-            self.end(unit, "stop")
-        else:
-            self.liveness.start(unit)
-
-    def unit_failed(self, message: UnitFailed) -> None:
-        """Keep why a unit's drivers could not be constructed (its process exits next)."""
-        unit = self.registry.get(message.unit)
-        if unit is not None and unit.incarnation == message.incarnation:
-            unit.cause = f"{message.error_type}: {message.message}"
-            log.error("%s could not be constructed: %s\n%s", unit.name, unit.cause, message.traceback,
-                      extra={"device": unit.name})
+        """The unit cannot start yet: failed, retried with back-off (see starting)."""
+        self.starts.impossible(unit, reason)
 
     def hung(self, message: Hung) -> None:
         """A device process reports a driver call past its time limit: kill it, it cannot recover."""
@@ -253,7 +173,7 @@ class Supervisor(Actor):
             return
         exitcode = EXIT_CODES.pop(unit.pid, None) if unit.pid else None
         if unit.pid and not self.registry.remote(unit):
-            processes.kill_group(unit.pid, self.run_dir)  # what its drivers started ends with it, before a restart
+            families.kill_group(unit.pid, self.run_dir)  # what its drivers started ends with it, before a restart
         self.liveness.forget(unit)
         ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
         init_timeout = unit.supervision.init_timeout_s
@@ -264,7 +184,7 @@ class Supervisor(Actor):
         killed, cause = unit.cause is not None, unit.cause or processes.exit_cause(exitcode)
         plan, pid = unit.exit_plan, unit.pid
         unit.address = unit.running_since = unit.constructing_since = unit.pid = None
-        self.started(unit)
+        self.starts.ended(unit)
         if plan == "stop" or self.stopping:
             self.settle(unit, Phase.STOPPED)
         elif plan == "fail":
@@ -330,11 +250,6 @@ class Supervisor(Actor):
             self.events.emit(unit, str(state), **({"reason": reason} if reason else {}))
 
     # -- timers -----------------------------------------------------------------------------
-
-    def launch_due(self, timer: Launch) -> None:
-        unit = self.registry.get(timer.unit)
-        if unit is not None and timer.token == unit.start_token and unit.address is None and not self.stopping:
-            self.launch(unit)
 
     # -- by hand ----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 
 For each size: `labctl up --detach` of N simulated devices until every device runs, then, after
 `--settle` seconds, how many restarts happened and whether any device is not running. Start-up is
-paced (supervisor.MAX_STARTING processes construct at once), so its time should grow about
+paced (starting.MAX_STARTING processes construct at once), so its time should grow about
 linearly with N, with no restart storm.
 """
 

@@ -305,3 +305,13 @@ class Hog(Device):
     @remote
     def ping(self) -> str:
         return "pong"
+
+
+class Chatty(SimValves):
+    """Valves whose `talk` logs many lines from the driver (a busy device's log)."""
+
+    @remote
+    def talk(self, lines: int = 1000) -> int:
+        for n in range(lines):
+            log.info("chatty line %d of %d", n, lines)
+        return lines

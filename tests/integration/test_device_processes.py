@@ -95,7 +95,7 @@ conf = {{ journal = "{journal}" }}
     assert processes.wait_port_free(node_port, timeout=5.0)
 
 
-# Needs the supervisor to call processes.kill_group when a device process dies or is killed.
+# The supervisor calls families.kill_group when a device process dies or is killed.
 def test_children_of_a_driver_end_when_their_device_process_is_killed(lab):
     journal = spawner_lab(lab, backoff_s=0.01)
     pid = lab.pids()["spawner"]

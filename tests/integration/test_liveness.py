@@ -135,3 +135,32 @@ def test_thousands_of_abandoned_long_polls_cost_nothing(lab, client_for):
         client.events(client.events().last_seq, wait_s=0.3)  # waits for an event that does not come
     assert {d.name: d.pid for d in status.devices} == pids
     assert all(d.restarts == 0 and d.state == "running" for d in status.devices)
+
+
+def test_a_stopped_logger_costs_no_device(lab):
+    """Thespian's logger stopped while a device logs thousands of lines: device processes on the
+    leader write their own logs, so nothing blocks, no heartbeat is missed, nothing restarts."""
+    lab.write(LAB + """
+[devices.chatty]
+driver = "labtest_drivers:Chatty"
+heartbeat_s = 0.2
+heartbeat_misses = 2
+""")
+    assert lab.up().returncode == 0
+    pids, rec = lab.pids(), record(lab)
+    from labctl.actors import processes
+
+    logger = next(pid for pid in lab.leftovers()
+                  if processes.parent_of(pid) == rec["admin_pid"] and pid != rec["supervisor_pid"])
+    os.kill(logger, signal.SIGSTOP)
+    try:
+        for _ in range(5):  # 5 x 3,000 lines, over several heartbeat periods
+            sent = lab.labctl("send", "chatty", "Call", "talk", "3000")
+            assert sent.returncode == 0, sent.stderr
+        assert lab.labctl("send", "valves", "OpenValve", "A").returncode == 0
+        status = lab.status()
+    finally:
+        os.kill(logger, signal.SIGCONT)
+    assert {d["name"]: d["pid"] for d in status["devices"]} == pids
+    assert all(d["restarts"] == 0 and d["state"] == "running" for d in status["devices"])
+    assert "chatty line 2999 of 3000" in (lab.log_dir / "chatty.log").read_text()  # written all the same

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.actors import processes
+from labctl.actors import families, processes
 
 
 def python(code: str, **kwargs) -> subprocess.Popen:
@@ -115,7 +115,7 @@ def test_kill_group_kills_the_group_and_a_new_session_grandchild(children):
     family = [int(pid) for pid in leader.stdout.readline().split()]
     children.extend(family)
     assert os.getpgid(family[0]) == leader.pid and os.getpgid(family[1]) != leader.pid
-    assert processes.kill_group(leader.pid, timeout=3.0) == set()
+    assert families.kill_group(leader.pid, timeout=3.0) == set()
     leader.wait(5)
     assert leader.returncode == -signal.SIGKILL
     assert processes.wait_gone(family, 3.0) == set()
@@ -124,7 +124,7 @@ def test_kill_group_kills_the_group_and_a_new_session_grandchild(children):
 def test_kill_group_after_the_leader_died_finds_group_members_and_recorded_descendants(children, tmp_path):
     leader = python(f"""
         import subprocess, time
-        from labctl.actors.processes import Family
+        from labctl.actors.families import Family
         family = Family({str(tmp_path)!r})
         same = subprocess.Popen(["sleep", "30"])
         session = subprocess.Popen(["sleep", "30"], start_new_session=True)
@@ -138,10 +138,10 @@ def test_kill_group_after_the_leader_died_finds_group_members_and_recorded_desce
     assert os.getpgid(leader.pid) == leader.pid  # Family made it lead a group of its own
     leader.kill()  # its children are orphans now: only their group, or the record, ties them to it
     leader.wait()
-    assert processes.kill_group(leader.pid, timeout=3.0) == set()
+    assert families.kill_group(leader.pid, timeout=3.0) == set()
     assert processes.wait_gone([same], 3.0) == set()
     assert processes.is_alive(session)  # a new session leaves the group: found only in the record
-    assert processes.kill_group(leader.pid, tmp_path, timeout=3.0) == set()
+    assert families.kill_group(leader.pid, tmp_path, timeout=3.0) == set()
     assert processes.wait_gone([session], 3.0) == set()
     assert list(tmp_path.iterdir()) == []  # the record is spent
 
@@ -149,7 +149,7 @@ def test_kill_group_after_the_leader_died_finds_group_members_and_recorded_desce
 def test_recorded_families_are_killed_after_their_devices_died(children, tmp_path):
     code = f"""
         import subprocess, time
-        from labctl.actors.processes import Family
+        from labctl.actors.families import Family
         family = Family({str(tmp_path)!r})
         session = subprocess.Popen(["sleep", "30"], start_new_session=True)
         family.check()
@@ -163,22 +163,22 @@ def test_recorded_families_are_killed_after_their_devices_died(children, tmp_pat
         device.kill()
         device.wait()
     assert all(processes.is_alive(pid) for pid in orphans)
-    assert processes.kill_recorded_families(tmp_path) == set()
+    assert families.kill_recorded_families(tmp_path) == set()
     assert not any(processes.is_alive(pid) for pid in orphans) and list(tmp_path.iterdir()) == []
 
 
 def test_kill_group_never_kills_its_caller_or_its_group():
     with pytest.raises(ValueError):
-        processes.kill_group(os.getpgrp())
+        families.kill_group(os.getpgrp())
     with pytest.raises(ValueError):
-        processes.kill_group(1)
+        families.kill_group(1)
 
 
 def test_family_ends_everything_but_itself_and_measures_memory(children):
     host = python("""
         import subprocess, sys, time
-        from labctl.actors import processes
-        family = processes.Family(None)
+        from labctl.actors import families, processes
+        family = families.Family(None)
         alone = family.check()
         hog = subprocess.Popen([sys.executable, "-c", "import time; x = b'1' * (200 * 2**20); print(1, flush=True);"
                                 " time.sleep(30)"], stdout=subprocess.PIPE, start_new_session=True)
