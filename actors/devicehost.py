@@ -19,15 +19,13 @@ import time
 import traceback
 from collections import deque
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
-from labctl.config.drivers import is_floating, resolve_driver, resolve_factory
-from labctl.hardware import Device, NotPresent, remote_methods
+from labctl.hardware import Device, remote_methods
 
-from . import families, logs, processes
+from . import building, families, logs, processes
 from .actorsystem import PlacedActor
 from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
 from .messages import Failure, Reply
@@ -146,35 +144,9 @@ class DeviceHost(PlacedActor):
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
 
     def construct(self, spec, candidate: int | None, run_dir: str) -> None:
-        """Build one configured device's driver (its emulator first, if it has one)."""
-        conf = spec.fresh_conf()
-        if spec.emulator is not None:
-            from labctl.hardware.emulators import make_emulator
-
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            link = Path(run_dir) / f"{spec.name}.tty"
-            emulator = make_emulator(spec.emulator.kind, link=str(link), **spec.emulator.options).start()
-            self.emulators.append(emulator)
-            conf["port"] = emulator.port
-        if spec.factory:
-            built = resolve_factory(spec.factory)(**conf)
-            if not isinstance(built, dict) or not all(isinstance(d, Device) for d in built.values()):
-                raise TypeError(f"factory {spec.factory} must return {{name: driver}}, got {type(built).__name__}")
-            for member, driver in built.items():
-                self.adopt(f"{spec.name}.{member}", driver)
-            return
-        cls = resolve_driver(spec.driver)
-        if is_floating(cls):
-            if candidate is None:
-                raise NotPresent(f"unit {spec.uid} was not found when probing")
-            driver = cls.open_candidate(candidate, **conf)
-            found = driver.get_id()
-            if found != spec.uid:
-                driver.shutdown()
-                raise NotPresent(f"candidate {candidate} is now unit {found}, not {spec.uid} (units were re-ordered)")
-        else:
-            driver = cls(**conf)
-        self.adopt(spec.name, driver)
+        """Build one configured device's driver or a factory's drivers (its emulator first, if any)."""
+        for name, driver in building.build(spec, candidate, run_dir, self.emulators).items():
+            self.adopt(name, driver)
 
     def adopt(self, name: str, driver: Device) -> None:
         """Register a constructed driver and its sub-devices under their names."""

@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 from labctl.actors.errors import DeviceUnavailable, LabError, UnknownDevice
-from labctl.actors.extraction import ExtractionLine, ScriptLab, script_namespace
+from labctl.actors.extraction import ExtractionLine, script_namespace
+from labctl.actors.scriptlab import ScriptLab
 from labctl.actors.handles import DeviceHandle
 from labctl.actors.messages import DEVICE_MESSAGES, Request
 

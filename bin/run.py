@@ -23,7 +23,8 @@ import click
 
 from labctl.actors import runstate
 from labctl.actors.errors import DeviceUnavailable, LabError, UnknownDevice
-from labctl.actors.extraction import VALVE_HELPERS, ExtractionLine, ScriptLab, log, script_namespace
+from labctl.actors.extraction import VALVE_HELPERS, ExtractionLine, log, script_namespace
+from labctl.actors.scriptlab import ScriptLab
 from labctl.actors.handles import DeviceHandle
 from labctl.actors.messages import DEVICE_MESSAGES
 
