@@ -10,7 +10,7 @@ import time
 
 from . import families, processes, runstate
 from .actorsystem import HOST_CAPABILITY
-from .protocol import Ping, Pong, Reap, Reaped
+from .protocol import Hung, Ping, Pong, Reap, Reaped
 from .reaper import Reaper
 from .registry import Registry, UnitState
 from .timers import Beat, ExitRecheck, InitTimeout, ReapDeadline, ReapTimeout, StopTimeout
@@ -68,6 +68,17 @@ class Liveness:
             self.beat(unit)
 
     # -- killing ----------------------------------------------------------------------------
+
+    def hung(self, message: Hung) -> None:
+        """A device process reports a driver call past its time limit: kill it, it cannot recover.
+        The requests it queued behind that call never started: the router answers them."""
+        self.actor.router.not_started(message.not_started, f"{message.unit} hung on {message.method}")
+        unit = self.registry.current(message)
+        if unit is not None:
+            declared = {method for d in unit.descriptions.values() for method in d.time_limits}
+            limit = (f"its time limit of {message.limit_s:g} s" if message.method in declared
+                     else f"{message.limit_s:g} s (no time limit declared: heartbeat_s x heartbeat_misses)")
+            self.kill(unit, f"hung: {message.method} ran past {limit}")
 
     def init_timeout(self, timer: InitTimeout) -> None:
         """Construction must be over by now (the process's own alarm is the first line)."""

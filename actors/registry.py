@@ -114,6 +114,20 @@ class Registry:
             for sub in description.sub_devices:
                 self.unit_of[sub] = unit.name
 
+    def note(self, notice) -> bool:
+        """Take in a device's notice (link lost or back, memory exceeded); False if its unit is unknown."""
+        unit = self.units.get(notice.unit)
+        if unit is None:
+            return False
+        if notice.kind == "degraded":
+            unit.degraded.add(notice.device)
+            unit.last_error = f"link lost: {notice.detail.get('error', '')}"
+        elif notice.kind == "recovered":
+            unit.degraded.discard(notice.device)
+        elif notice.kind == "memory_exceeded" and notice.detail.get("pid") == unit.pid:
+            unit.cause = f"memory limit exceeded: {notice.detail['rss_mb']} MB > {notice.detail['limit_mb']} MB"
+        return True
+
     def remote(self, unit: UnitState) -> bool:
         """Whether a unit runs on another host than the supervisor's."""
         return unit.spec.host != self.lab.host

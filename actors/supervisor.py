@@ -51,7 +51,7 @@ class Supervisor(Actor):
         self.handlers = {
             Done: lambda m, s: self.router.done(m.request_id), Pong: lambda m, s: self.liveness.pong(m),
             WakeupMessage: lambda m, s: self.wakeup(m.payload), ChildActorExited: lambda m, s: self.child_exited(m),
-            UnitStarted: lambda m, s: self.starts.unit_started(m), Hung: lambda m, s: self.hung(m),
+            UnitStarted: lambda m, s: self.starts.unit_started(m), Hung: lambda m, s: self.liveness.hung(m),
             NotStarted: lambda m, s: self.router.not_started(m.request_ids, m.why),
             Reaped: lambda m, s: self.liveness.reaped(m), UnitReady: lambda m, s: self.starts.unit_ready(m),
             UnitFailed: lambda m, s: self.starts.unit_failed(m), DeviceNotice: lambda m, s: self.device_notice(m),
@@ -125,29 +125,10 @@ class Supervisor(Actor):
         """The unit cannot start yet: failed, retried with back-off (see starting)."""
         self.starts.impossible(unit, reason)
 
-    def hung(self, message: Hung) -> None:
-        """A device process reports a driver call past its time limit: kill it, it cannot recover."""
-        self.router.not_started(message.not_started, f"{message.unit} hung on {message.method}")
-        unit = self.registry.current(message)
-        if unit is not None:
-            declared = {method for d in unit.descriptions.values() for method in d.time_limits}
-            limit = (f"its time limit of {message.limit_s:g} s" if message.method in declared
-                     else f"{message.limit_s:g} s (no time limit declared: heartbeat_s x heartbeat_misses)")
-            self.liveness.kill(unit, f"hung: {message.method} ran past {limit}")
-
     def device_notice(self, notice: DeviceNotice) -> None:
-        """Record a device's own change, or its link going down or coming back."""
-        unit = self.registry.get(notice.unit)
-        if unit is None:
-            return
-        if notice.kind == "degraded":
-            unit.degraded.add(notice.device)
-            unit.last_error = f"link lost: {notice.detail.get('error', '')}"
-        elif notice.kind == "recovered":
-            unit.degraded.discard(notice.device)
-        elif notice.kind == "memory_exceeded" and notice.detail.get("pid") == unit.pid:
-            unit.cause = f"memory limit exceeded: {notice.detail['rss_mb']} MB > {notice.detail['limit_mb']} MB"
-        self.events.event(notice.device, notice.kind, **notice.detail)
+        """A device's own change, or its link or memory: noted in the registry, then an event."""
+        if self.registry.note(notice):
+            self.events.event(notice.device, notice.kind, **notice.detail)
 
     # -- ends -------------------------------------------------------------------------------
 
