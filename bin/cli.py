@@ -25,6 +25,7 @@ from .repl import repl
 from .run import run
 
 SETTLED = ("running", "failed", "stopped")
+STATUS_EVERY_S = 0.25
 
 
 # -- shared options ---------------------------------------------------------------------------
@@ -214,7 +215,13 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
                     done = settled
                     if settled >= len(status.devices):
                         break
+                    # Wait for the next event, but look at the whole status at most a few times a
+                    # second: a large lab starts with a burst of events, and a status per event would
+                    # make start-up quadratic in the number of devices.
+                    look_again = time.monotonic() + STATUS_EVERY_S
                     since = client.events(since, wait_s=0.5).last_seq
+                    while (left := look_again - time.monotonic()) > 0:
+                        since = client.events(since, wait_s=left).last_seq
                 except LabError:
                     if keeper_pid:  # a lab that stops answers so as it goes: see whether its keeper ends
                         processes.wait_gone([keeper_pid], 5.0)
