@@ -30,6 +30,7 @@ HOST_CAPABILITY = "labctl.host"
 LAB_CAPABILITY = "labctl.lab"
 CONVENTION_CAPABILITY = "Convention Address.IPv4"
 ADMIN_SHUTDOWN_S = 2.0
+MAX_HEADER_BYTES = 16     # "<decimal length>>": 12 digits already say more than any limit
 INCOMING_PACKET_S = 30.0  # a packet still not whole after this is dropped (Thespian: 7 minutes)
 
 # pid -> exit code of this process's children that Thespian has reaped; the supervisor reads it to
@@ -83,6 +84,8 @@ def _seal_transport() -> None:
 
         def addMore(self, buf, _add=streamBuffer.ReceiveBuffer.addMore):
             _add(self, buf)
+            if self._size is None and len(self._buf) > MAX_HEADER_BYTES:  # a header that never ends
+                raise ValueError("packet length header is too long")
             if self._size is not None and not 0 < self._size <= SEAL.max_packet + Seal.MAC_BYTES:
                 raise ValueError(f"packet length {self._size} is over the limit")
 

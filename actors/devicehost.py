@@ -98,10 +98,13 @@ class DeviceHost(PlacedActor):
         if self.supervisor is not None:
             return  # a repeated StartUnit must not open the hardware twice
         self.supervisor, self.spec = supervisor, message
-        self.family = families.Family(message.run_dir)  # a group of its own, before any driver starts a process
+        # A group of its own, before any driver starts a process. The record of its descendants goes
+        # in the run folder on the supervisor's machine only: elsewhere that path is not the lab's.
+        local = os.getppid() == message.supervisor_pid
+        self.family = families.Family(message.run_dir if local else None)
         logs.tag_records_with_device(message.unit)
         logs.adopt_inherited_loggers()
-        if os.getppid() == message.supervisor_pid and message.log_dir:  # on the supervisor's machine
+        if local and message.log_dir:
             logs.write_locally(message.log_dir)
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by
         # pid, on any host. Waiting for the answer also makes sure this message has left: one sent

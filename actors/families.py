@@ -69,7 +69,8 @@ def family_record(record_dir: str | os.PathLike, pid: int) -> Path:
     return Path(record_dir) / f"family-{pid}.json"
 
 
-def kill_group(pgid_or_pid: int, record_dir: str | os.PathLike | None = None, timeout: float = 0.0) -> set[int]:
+def kill_group(pgid_or_pid: int, record_dir: str | os.PathLike | None = None, timeout: float = 0.0,
+               leader_started: int | None = None) -> set[int]:
     """SIGKILL a device process's whole group (its id is the device's pid, see Family), every
     descendant of the device and of the group's members (also those that started a new session or
     group, which a group kill misses), and, with `record_dir`, the descendants the device recorded
@@ -88,6 +89,10 @@ def kill_group(pgid_or_pid: int, record_dir: str | os.PathLike | None = None, ti
         except (OSError, ValueError, AttributeError):
             pass
         record.unlink(missing_ok=True)
+    if leader_started is not None and start_time(pgid_or_pid) not in (None, leader_started):
+        # The device is gone and its pid already belongs to another process (which may lead a group
+        # of its own): only what the device recorded is its family.
+        return _end_family(None, roots, timeout) if roots else set()
     try:
         os.killpg(pgid_or_pid, 0)
     except (ProcessLookupError, PermissionError):

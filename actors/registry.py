@@ -35,6 +35,7 @@ class UnitState:
     state: Phase = Phase.STARTING
     address: Any = None
     pid: int | None = None
+    pid_started: int | None = None # its process's start time (local): tells it from a reuse of its pid
     incarnation: int = 0           # which start of the unit its current process is
     start_token: int = 0           # a scheduled launch is valid only with the current token
     restarts: int = 0
@@ -68,7 +69,7 @@ class UnitState:
     def new_process(self, address, pid: int | None) -> None:
         """A new process was created for the unit: a new incarnation, nothing heard from it yet."""
         self.incarnation += 1
-        self.address, self.pid = address, pid
+        self.address, self.pid, self.pid_started = address, pid, None
         self.ping_seq = self.pong_seq = self.misses = 0
         self.exit_plan = self.cause = None
 

@@ -15,7 +15,7 @@ from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from .errors import NotAuthorised
 
-MAX_PACKET_BYTES = 256 * 1024 * 1024   # default; a lab sets its own ([lab] max_packet_mb)
+MAX_PACKET_BYTES = 64 * 1024 * 1024   # default; a lab sets its own ([lab] max_packet_mb)
 
 
 class Seal:

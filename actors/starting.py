@@ -10,7 +10,7 @@ import os
 import time
 from collections import deque
 
-from . import policy
+from . import policy, processes
 from .actorsystem import HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
 from .protocol import Construct, StartUnit, UnitFailed, UnitReady, UnitStarted
@@ -30,7 +30,7 @@ class Starts:
     def __init__(self, actor) -> None:
         self.actor = actor
         self.starting: set[str] = set()          # units whose process is constructing
-        self.queued: deque[UnitState] = deque()  # units waiting for a free start slot
+        self.queued: deque[tuple[UnitState, int]] = deque()  # (unit, its start token) waiting for a slot
 
     def launch(self, unit: UnitState) -> None:
         """Create the unit's process (probing its floating devices first)."""
@@ -41,8 +41,8 @@ class Starts:
             self.actor.probing.start(unit, floating)
             return
         if len(self.starting) >= MAX_STARTING and unit.name not in self.starting:
-            if unit not in self.queued:
-                self.queued.append(unit)
+            if (unit, unit.start_token) not in self.queued:
+                self.queued.append((unit, unit.start_token))
             return
         candidates, unit.candidates = unit.candidates or {}, None  # each (re)start probes afresh
         self.starting.add(unit.name)
@@ -62,8 +62,9 @@ class Starts:
         """A unit's construction is over (ready, failed, or its process ended): start the next queued."""
         self.starting.discard(unit.name)
         while self.queued and len(self.starting) < MAX_STARTING:
-            waiting = self.queued.popleft()
-            if waiting.address is None:
+            waiting, token = self.queued.popleft()
+            # one given up on, stopped or restarted since it queued has a new token: not this start
+            if waiting.address is None and token == waiting.start_token:
                 self.launch(waiting)
 
     def impossible(self, unit: UnitState, reason: str) -> None:
@@ -84,6 +85,8 @@ class Starts:
         if unit is None or unit.incarnation != message.incarnation or unit.address is None:
             return
         unit.pid = message.pid
+        if not self.actor.registry.remote(unit):
+            unit.pid_started = processes.start_time(message.pid)
         self.actor.liveness.remember(unit, message.pid)
         unit.constructing_since = time.monotonic()
         self.actor.send(unit.address, Construct(unit.incarnation))

@@ -154,7 +154,8 @@ class Supervisor(Actor):
             return
         exitcode = EXIT_CODES.pop(unit.pid, None) if unit.pid else None
         if unit.pid and not self.registry.remote(unit):
-            families.kill_group(unit.pid, self.run_dir)  # what its drivers started ends with it, before a restart
+            # what its drivers started ends with it, before a restart
+            families.kill_group(unit.pid, self.run_dir, leader_started=unit.pid_started)
         self.liveness.forget(unit)
         ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
         init_timeout = unit.supervision.init_timeout_s

@@ -25,7 +25,8 @@ from .repl import repl
 from .run import run
 
 SETTLED = ("running", "failed", "stopped")
-STATUS_EVERY_S = 0.25
+STATUS_EVERY_S = 0.25   # while a lab of more than LARGE_LAB devices starts, look at its status this often
+LARGE_LAB = 50
 
 
 # -- shared options ---------------------------------------------------------------------------
@@ -106,7 +107,12 @@ def up(config_file: str, detach: bool, no_recover: bool, port: int | None, new_k
     keeper = Keeper(lab, recover=not no_recover, new_key=new_key)
 
     def started() -> None:
-        status = wait_for_devices(lab.port, keeper)
+        try:
+            status = wait_for_devices(lab.port, keeper)
+        except LabError:
+            if keeper.record is not None and not keeper.record.admin_running():
+                return  # the admin died meanwhile: the watch that follows recovers it, or says so
+            raise
         click.echo(formatting.status_table(status))
         click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}; its key in "
                    f"{labkey.path_for(lab.port)}. Ctrl-C stops it.")
@@ -220,7 +226,7 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
                     # make start-up quadratic in the number of devices.
                     look_again = time.monotonic() + STATUS_EVERY_S
                     since = client.events(since, wait_s=0.5).last_seq
-                    while (left := look_again - time.monotonic()) > 0:
+                    while len(status.devices) > LARGE_LAB and (left := look_again - time.monotonic()) > 0:
                         since = client.events(since, wait_s=left).last_seq
                 except LabError:
                     if keeper_pid:  # a lab that stops answers so as it goes: see whether its keeper ends

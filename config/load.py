@@ -161,7 +161,7 @@ class _Checker:
         key_file = self.value(section, "lab", "key_file", str, "")
         if key_file:
             key_file = os.path.join(os.path.dirname(os.path.abspath(self.file)), os.path.expanduser(key_file))
-        max_packet_mb = self.value(section, "lab", "max_packet_mb", int, 256)
+        max_packet_mb = self.value(section, "lab", "max_packet_mb", int, 64)
         if max_packet_mb is not None and not 1 <= max_packet_mb <= 4096:
             self.problem("lab.max_packet_mb", f"{max_packet_mb} is out of range 1..4096 (MiB; the largest message, "
                                               "e.g. a camera frame, the lab accepts)")
@@ -179,7 +179,7 @@ class _Checker:
                    bind=bind or "127.0.0.1", log_dir=os.path.abspath(log_dir), host=host or DEFAULT_HOST,
                    hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups),
                    max_argument_bytes=max_argument_bytes or 1 << 20, key_file=key_file or "",
-                   max_packet_mb=max_packet_mb or 256)
+                   max_packet_mb=max_packet_mb or 64)
 
     def hosts(self, section: dict) -> dict[str, Host]:
         hosts = {}

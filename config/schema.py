@@ -124,7 +124,7 @@ class Lab:
     groups: tuple[Group, ...] = ()
     max_argument_bytes: int = 1 << 20                  # a call's arguments, pickled, may be no larger
     key_file: str = ""                                 # the lab key to use; default: a new one per start
-    max_packet_mb: int = 256                           # the largest packet (a camera frame) the lab accepts
+    max_packet_mb: int = 64                            # the largest packet (a camera frame) the lab accepts
 
     def device(self, name: str) -> Device:
         """The device called `name` (KeyError if none)."""
