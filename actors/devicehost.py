@@ -103,7 +103,6 @@ class DeviceHost(PlacedActor):
         local = os.getppid() == message.supervisor_pid
         self.family = families.Family(message.run_dir if local else None)
         logs.tag_records_with_device(message.unit)
-        logs.adopt_inherited_loggers()
         if local and message.log_dir:
             logs.write_locally(message.log_dir)
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by

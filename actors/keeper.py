@@ -142,9 +142,9 @@ class Keeper:
             elif supervisor and not processes.is_alive(supervisor):
                 self.supervisor_died()
             elif supervisor and time.monotonic() >= self.next_check:
-                self.check_supervisor(supervisor)
+                self.check_liveness(supervisor)
 
-    def check_supervisor(self, pid: int) -> None:
+    def check_liveness(self, pid: int) -> None:
         """Ask the admin and the supervisor how they are; one that stays silent too many times in a row
         is hung (stopped, stuck): kill it, and the watch loop replaces it as if it had died."""
         self.next_check = time.monotonic() + LIVENESS_S

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from labctl.actors import processes
 from labctl.actors.messages import OpenValve
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,13 @@ driver = "sim-furnace"
 
 def record(lab) -> dict:
     return json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+
+
+def loggers(lab) -> list[int]:
+    """Thespian's logger processes of the lab: the admin's children other than the supervisor."""
+    rec = record(lab)
+    return [pid for pid in lab.leftovers()
+            if processes.parent_of(pid) == rec["admin_pid"] and pid != rec["supervisor_pid"]]
 
 
 def test_a_stopped_supervisor_is_replaced_by_the_keeper(lab):
@@ -76,17 +84,12 @@ def test_sigkill_of_thespians_logger_costs_no_device_nor_the_admin(lab):
     lab.write(LAB)
     assert lab.up().returncode == 0
     pids, rec = lab.pids(), record(lab)
-    from labctl.actors import processes
-
-    loggers = [pid for pid in lab.leftovers()
-               if processes.parent_of(pid) == rec["admin_pid"] and pid != rec["supervisor_pid"]]
-    assert len(loggers) == 1, loggers
-    os.kill(loggers[0], signal.SIGKILL)
-    assert processes.wait_gone(loggers, 5.0) == set()
+    old = loggers(lab)
+    assert len(old) == 1, old
+    os.kill(old[0], signal.SIGKILL)
+    assert processes.wait_gone(old, 5.0) == set()
     # the admin starts another logger instead of crashing, and nothing else changes
-    lab.wait_for(lambda s: any(processes.parent_of(pid) == rec["admin_pid"] and pid not in loggers
-                               and pid != rec["supervisor_pid"] for pid in lab.leftovers()),
-                 timeout=10, what="a new logger")
+    lab.wait_for(lambda s: set(loggers(lab)) - set(old), timeout=10, what="a new logger")
     assert lab.labctl("send", "valves", "OpenValve", "A").returncode == 0
     assert processes.is_alive(rec["admin_pid"]) and record(lab)["supervisor_pid"] == rec["supervisor_pid"]
     assert lab.pids() == pids and all(d["restarts"] == 0 for d in lab.status()["devices"])
@@ -147,11 +150,8 @@ heartbeat_s = 0.2
 heartbeat_misses = 2
 """)
     assert lab.up().returncode == 0
-    pids, rec = lab.pids(), record(lab)
-    from labctl.actors import processes
-
-    logger = next(pid for pid in lab.leftovers()
-                  if processes.parent_of(pid) == rec["admin_pid"] and pid != rec["supervisor_pid"])
+    pids = lab.pids()
+    logger = loggers(lab)[0]
     os.kill(logger, signal.SIGSTOP)
     try:
         for _ in range(5):  # 5 x 3,000 lines, over several heartbeat periods

@@ -32,6 +32,17 @@ def units(n: int) -> list[UnitState]:
     return [UnitState(Unit(f"d{i}", (Device(f"d{i}", driver="sim-valves"),))) for i in range(n)]
 
 
+def one_queued() -> tuple[FakeSupervisor, starting.Starts, list[UnitState]]:
+    """Every start slot taken and one more unit launched: it waits in the queue (the last unit)."""
+    actor = FakeSupervisor()
+    starts = starting.Starts(actor)
+    lab = units(starting.MAX_STARTING + 1)
+    for unit in lab:
+        starts.launch(unit)
+    assert len(actor.created) == starting.MAX_STARTING and lab[-1].address is None
+    return actor, starts, lab
+
+
 def test_no_more_than_max_starting_construct_at_once_and_the_queue_moves_on():
     actor = FakeSupervisor()
     starts = starting.Starts(actor)
@@ -45,11 +56,7 @@ def test_no_more_than_max_starting_construct_at_once_and_the_queue_moves_on():
 
 
 def test_a_queued_start_that_was_cancelled_is_not_carried_out():
-    actor = FakeSupervisor()
-    starts = starting.Starts(actor)
-    lab = units(starting.MAX_STARTING + 1)
-    for unit in lab:
-        starts.launch(unit)
+    actor, starts, lab = one_queued()
     queued = lab[-1]
     queued.start_token += 1       # what failing its group (or a stop) does to a unit without a process
     queued.state = Phase.FAILED
@@ -58,11 +65,7 @@ def test_a_queued_start_that_was_cancelled_is_not_carried_out():
 
 
 def test_a_unit_relaunched_while_queued_starts_once():
-    actor = FakeSupervisor()
-    starts = starting.Starts(actor)
-    lab = units(starting.MAX_STARTING + 1)
-    for unit in lab:
-        starts.launch(unit)
+    actor, starts, lab = one_queued()
     queued = lab[-1]
     queued.start_token += 1       # `labctl restart` of the queued unit: a new start, queued again
     starts.launch(queued)
