@@ -6,10 +6,12 @@ exactly one reply: `Reply` with the result, or `Failure` saying what went wrong.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
-import numpy as np
+
+if TYPE_CHECKING:  # only Image's annotation names numpy: the CLI and clients start without importing it
+    import numpy as np
 
 frozen = attrs.frozen
 

@@ -15,13 +15,16 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import psutil
+# psutil is imported by the functions that use it: a client (`labctl status`, `labctl send`) imports
+# this module for port_answers alone, and need not load psutil to start.
+if TYPE_CHECKING:
+    import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 # Signals whose default action must stay: a Python handler for SIGSEGV returns to the faulting
 # instruction, and the process spins at 100% CPU instead of dying "killed by SIGSEGV".
@@ -68,16 +71,26 @@ def reap_children() -> list[tuple[int, int]]:
 
 
 def _process(pid: int | None) -> psutil.Process | None:
+    import psutil
+
     try:
         return psutil.Process(pid) if pid and pid > 0 else None  # Process(None) would be this process
     except psutil.Error:
         return None
 
 
+def _dead_states() -> tuple[str, str]:
+    import psutil
+
+    return (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
 def is_alive(pid: int | None) -> bool:
     """True when `pid` runs (a zombie is dead: it holds no port, no file, no device)."""
+    import psutil
+
     try:
-        return (proc := _process(pid)) is not None and proc.status() not in _DEAD
+        return (proc := _process(pid)) is not None and proc.status() not in _dead_states()
     except psutil.AccessDenied:
         return True
     except psutil.Error:
@@ -86,6 +99,8 @@ def is_alive(pid: int | None) -> bool:
 
 def is_stopped(pid: int | None) -> bool:
     """True when `pid` is stopped (SIGSTOP, a debugger): alive, but it will not run until continued."""
+    import psutil
+
     try:
         return (proc := _process(pid)) is not None and proc.status() in (psutil.STATUS_STOPPED,
                                                                          psutil.STATUS_TRACING_STOP)
@@ -95,6 +110,8 @@ def is_stopped(pid: int | None) -> bool:
 
 def parent_of(pid: int) -> int | None:
     """The parent pid of a process, or None when it is gone."""
+    import psutil
+
     try:
         return (proc := _process(pid)) and proc.ppid()
     except psutil.Error:
@@ -113,6 +130,8 @@ def start_time(pid: int) -> int | None:
     """When a process started, in clock ticks since boot: with its pid it identifies the very process
     (a reused pid starts later), and unlike psutil's wall-clock create_time it never changes when the
     system clock is set, so it can be stored and compared by another process later."""
+    import psutil
+
     try:
         return (proc := _process(pid)) and _started(proc)
     except psutil.Error:
@@ -120,11 +139,15 @@ def start_time(pid: int) -> int | None:
 
 
 def _started(proc: psutil.Process) -> int:
+    import psutil
+
     return round((proc.create_time() - psutil.boot_time()) * _TICKS)
 
 
 def cmdline(pid: int) -> str:
     """A process's command line, or '' when unreadable."""
+    import psutil
+
     try:
         return " ".join(proc.cmdline()).strip() if (proc := _process(pid)) else ""
     except psutil.Error:
@@ -133,10 +156,12 @@ def cmdline(pid: int) -> str:
 
 def session_members(sid: int, uid: int | None = None) -> list[int]:
     """Live (non-zombie) processes of a session (whose real uid is `uid`, when given)."""
+    import psutil
+
     members = []
     for pid in psutil.pids():
         try:
-            if os.getsid(pid) != sid or (proc := psutil.Process(pid)).status() in _DEAD:
+            if os.getsid(pid) != sid or (proc := psutil.Process(pid)).status() in _dead_states():
                 continue
             if uid is None or proc.uids().real == uid:
                 members.append(pid)
@@ -188,6 +213,8 @@ def _signal(pids: Iterable[int], sig: int) -> None:
 
 def port_listeners(port: int) -> set[int]:
     """Pids of processes (of this user, unless root) holding a listening TCP socket on `port` (any address)."""
+    import psutil
+
     try:
         connections = psutil.net_connections("tcp")
     except psutil.AccessDenied:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
-
-import numpy as np
 
 from labctl.actors.messages import Image, LabStatus
 
 
 def jsonable(value: Any) -> Any:
     """A reply value as plain JSON types (an image becomes its summary, not its pixels)."""
+    # A numpy value can only have come if numpy is loaded already: never import it just to look.
+    np = sys.modules.get("numpy")
     if isinstance(value, Image):
         return {"image": value.summary()}
-    if isinstance(value, np.ndarray):
+    if np is not None and isinstance(value, np.ndarray):
         return {"array": {"shape": list(value.shape), "dtype": value.dtype.name}}
-    if isinstance(value, np.generic):
+    if np is not None and isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}

@@ -1,13 +1,19 @@
-"""What the `labctl` commands share: which lab to talk to (--port/--config), and how they fail."""
+"""What the `labctl` commands share: which lab to talk to (--port/--config), connecting to it, and how
+they fail."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from labctl.actors.client import default_port
 from labctl.actors.errors import LabError
+
+if TYPE_CHECKING:
+    from labctl.actors.client import LabClient
+
+SETTLED = ("running", "failed", "stopped")  # a device's states that last until something happens to it
 
 
 def lab_options(command):
@@ -25,6 +31,8 @@ def resolve_port(port: int | None, config_file: str | None) -> int:
         return port
     if config_file:
         return lab_port(config_file)
+    from labctl.actors.client import default_port  # the client is imported only by commands that use it
+
     try:
         return default_port()
     except LabError as exc:
@@ -45,6 +53,16 @@ def lab_port(path: str) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         fail(f"{path}: lab.port: expected a port number, got {port!r}")
     return port
+
+
+def open_client(port: int, timeout: float = 10.0) -> LabClient:
+    """A client for the lab on `port`, or a clear error and exit 1."""
+    from labctl.actors.client import connect
+
+    try:
+        return connect(port, timeout=timeout)
+    except LabError as exc:  # not running, not authorised (no key), an unsafe run folder
+        raise click.ClickException(str(exc)) from None
 
 
 def fail(message: str) -> None:
