@@ -19,15 +19,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-from thespian.actors import ActorSystemException, ExternalContext
 
 from . import labkey, processes
-from .actorsystem import SUPERVISOR_CLASS, SUPERVISOR_NAME, attach
 from .errors import (BadArgument, DeviceError, DeviceUnavailable, DriverError, LabError, LabNotReady, LabNotRunning,
                      LabTimeout, UnknownDevice, UnknownMessage)
 from .handles import DeviceHandle, make_handle
-from .messages import (DescribeDevice, DeviceDescription, Events, Failure, GetEvents, GetLabStatus, LabStatus, Reply,
-                       Request, RestartDevice, StopLab)
+from .laneclient import Lanes, NotTaken, Stream
+from .messages import (DescribeDevice, DeviceDescription, DeviceRequest, Events, Failure, GetEvents, GetLabStatus,
+                       LabStatus, Reply, Request, RestartDevice, StopLab)
 
 DEFAULT_PORT = 1900
 DEFAULT_TIMEOUT = 10.0
@@ -46,36 +45,61 @@ def default_port() -> int:
 
 
 def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
-            key_file: str | os.PathLike | None = None) -> LabClient:
+            key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True) -> LabClient:
     """Connect to the lab on `port` (default $LABCTL_PORT, else 1900) with its key (`key_file`, else
     $LABCTL_KEY_FILE, else the one `labctl up` keeps in the run folder); LabNotRunning if none
-    answers, NotAuthorised without the key."""
-    return LabClient(default_port() if port is None else port, address=address, timeout=timeout, key_file=key_file)
+    answers, NotAuthorised without the key.
+
+    `lane` says how device requests travel: "auto" (the default, or $LABCTL_LANE): straight to the
+    device's process, by Unix socket on the same machine (frames through shared memory) and TCP
+    from another; "unix" or "tcp" force one; "off" sends everything through the supervisor.
+
+    With `attach=False` the lab's admin is first contacted when a request needs the supervisor: a
+    device request whose lane is published in the run folder then needs no actor runtime at all."""
+    return LabClient(default_port() if port is None else port, address=address, timeout=timeout, key_file=key_file,
+                     lane=lane, attach=attach)
 
 
 class LabClient:
     """A connection to a running lab. Devices are attributes: `lab.valves.open("A")`."""
 
     def __init__(self, port: int, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
-                 key_file: str | os.PathLike | None = None) -> None:
+                 key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True) -> None:
         self.port = port
         self.address = address
         self.timeout = timeout
         if not processes.port_answers(port, address):
             raise LabNotRunning(f"no lab is running on port {port}")
-        self._system = attach(port, address, timeout, labkey.for_lab(port, key_file))
+        self._key = labkey.for_lab(port, key_file)
+        self._lanes = Lanes(self, self._key, lane or os.environ.get("LABCTL_LANE") or "auto")
+        self._attached = None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._supervisor_address = None
         self._descriptions: dict[str, DeviceDescription] = {}
         self._handles: dict[str, DeviceHandle] = {}
         self._names: list[str] | None = None
+        if attach:
+            self._system  # noqa: B018 (attaching now says at once whether the lab answers with this key)
+
+    @property
+    def _system(self):
+        """The attached actor system, attached on first use (the actor runtime is imported only then)."""
+        if self._attached is None:
+            from .actorsystem import attach
+
+            with self._lock:
+                if self._attached is None:
+                    self._attached = attach(self.port, self.address, self.timeout, self._key)
+        return self._attached
 
     # -- conversations ----------------------------------------------------------------------
 
-    def _context(self) -> ExternalContext:
+    def _context(self):
         context = getattr(self._local, "context", None)
         if context is None:
+            from thespian.actors import ExternalContext
+
             context = ExternalContext(self._system._systemBase.external_clone())
             self._local.context = context
         return context
@@ -88,17 +112,33 @@ class LabClient:
             except Exception:
                 pass  # a context is dropped because it misbehaved; closing it may misbehave too
 
-    def _supervisor(self, context: ExternalContext):
+    def _supervisor(self, context):
+        from .actorsystem import SUPERVISOR_CLASS, SUPERVISOR_NAME
+
         with self._lock:
             if self._supervisor_address is None:
                 self._supervisor_address = context.createActor(SUPERVISOR_CLASS, globalName=SUPERVISOR_NAME)
             return self._supervisor_address
 
     def request(self, message: Request, timeout: float | None = None) -> Any:
-        """Send a request to the lab and return its result; raises the error its failure names."""
+        """Send a request to the lab and return its result; raises the error its failure names.
+
+        A device request goes straight to the device's process by its lane when there is one;
+        everything else (and a device request that cannot take a lane) goes through the supervisor."""
         timeout = self.timeout if timeout is None else timeout
-        request_id = uuid.uuid4().hex
-        message = attrs.evolve(message, request_id=request_id)
+        message = attrs.evolve(message, request_id=uuid.uuid4().hex)
+        if isinstance(message, DeviceRequest):
+            try:
+                return self._result(self._lanes.request(message, timeout))
+            except NotTaken:
+                pass  # nothing was sent: the supervisor carries it
+        return self._ask(message, timeout)
+
+    def _ask(self, message: Request, timeout: float) -> Any:
+        """Send a request (its id stamped) through the supervisor and return its result."""
+        from thespian.actors import ActorSystemException
+
+        request_id = message.request_id
         deadline = time.monotonic() + timeout
         for attempt in range(2):
             context = self._context()
@@ -146,6 +186,11 @@ class LabClient:
         if not isinstance(message, Request):
             raise TypeError(f"expected a labctl message such as OpenValve('A'), got {message!r}")
         return self.request(attrs.evolve(message, device=device), timeout)
+
+    def stream(self, device: str, n: int | None = None, timeout: float | None = None) -> Stream:
+        """A camera's frames as it produces them (`n` of them, or until closed): iterate for Images
+        numbered by `frame`, each with `lost`, the frames missed just before it."""
+        return Stream(self._lanes, device, n, self.timeout if timeout is None else timeout)
 
     def status(self, timeout: float | None = None) -> LabStatus:
         """Every device's state, pid, restarts, uptime and last error."""
@@ -230,9 +275,12 @@ class LabClient:
     def close(self) -> None:
         """Release this client's sockets."""
         self._drop_context()
+        self._lanes.close()
+        if self._attached is None:
+            return
         try:
             # Attached, not started: close our endpoint only; shutdown() would stop the whole lab.
-            self._system._systemBase.transport.close()
+            self._attached._systemBase.transport.close()
         except Exception:
             pass
 

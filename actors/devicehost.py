@@ -20,17 +20,19 @@ import traceback
 from collections import deque
 from datetime import timedelta
 
-import numpy as np
 from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
 from labctl.hardware import Device, remote_methods
 
-from . import building, families, logs, processes
+from . import building, families, logs, processes, runstate
 from .actorsystem import PlacedActor
-from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe, image
-from .messages import Failure, Reply
+from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe
+from .lanedesk import STREAM, LaneDesk
+from .lanes import Conn
+from .messages import Acquire, Failure, Image, Reply
 from .protocol import (Construct, Deliver, DeviceNotice, Done, Hung, NotStarted, Ping, Pong, StartUnit,
                        UnitFailed, UnitReady, UnitStarted)
+from .seal import SEAL
 from .policy import backoff_delay
 
 log = logging.getLogger("labctl.devicehost")
@@ -39,6 +41,9 @@ RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 5.0
 MEMORY_CHECK_S = 0.5        # how often a device with memory_max_mb measures itself
 MEMORY_EXIT_GRACE_S = 0.1   # past the limit: time for its report to leave before the process ends
+QUICK_CALL_S = 0.002        # how long the actor waits for a call's outcome before returning to its loop
+QUICK_TURN_S = 0.005        # and how long it goes on taking queued calls so, before it looks at its sockets
+LANE_REPORT_S = 1.0         # how often what was answered on the lane is reported (and idle handshakes swept)
 
 
 class DeviceHost(PlacedActor):
@@ -55,10 +60,11 @@ class DeviceHost(PlacedActor):
         self.owned: list[tuple[str, Device]] = []   # what to shut down, in construction order
         self.emulators: list = []
         self.degraded: dict[str, int] = {}          # device -> reconnect attempts so far
-        self.frames: dict[str, int] = {}            # device -> images acquired, the frame counter
         self.worker: Worker | None = None
+        self.desk: LaneDesk | None = None           # the lane: clients' direct connections
         self.pending: deque[Deliver] = deque()
         self.current: Job | None = None             # what the worker is doing now
+        self.armed: list[float] = []                # when the time-limit timers set will fire (monotonic)
         self.jobs = 0
         self.hung = False
         self.last_heard = time.monotonic()
@@ -73,7 +79,7 @@ class DeviceHost(PlacedActor):
                     self.pending.append(message)
                     self.next_job()
             elif isinstance(message, WatchMessage):
-                self.collect()
+                self.watched(message.ready)
             elif isinstance(message, Ping):
                 self.last_heard = time.monotonic()
                 if not self.hung:  # a hung call: fall silent, so that the supervisor kills the process
@@ -88,8 +94,22 @@ class DeviceHost(PlacedActor):
                 self.stop()
         except Exception:  # never let anything escape: Thespian would re-deliver the message
             log.exception("device host %s: unexpected error handling %s", self.unit, type(message).__name__)
-        # The worker's pipe is watched along with the mailbox (Thespian resets the watch each time).
-        return ThespianWatch([self.worker.wake_r]) if self.worker is not None else None
+        # The worker's pipe and the lane's sockets are watched along with the mailbox (Thespian resets
+        # the watch each time).
+        if self.worker is None:
+            return None
+        return ThespianWatch([self.worker.wake_r, *(self.desk.fds() if self.desk is not None else ())])
+
+    def watched(self, ready) -> None:
+        """The worker handed something over, or a lane socket has something to read."""
+        if self.desk is not None:
+            for deliver in self.desk.receive([fd for fd in ready if fd != self.worker.wake_r]):
+                if self.hung:  # it can never start here; this process is about to be killed
+                    self.answer(deliver.reply_to, self.not_started(deliver.request, "the device is hung"),
+                                deliver.request.device)
+                else:
+                    self.pending.append(deliver)
+        self.collect()
 
     # -- construction -----------------------------------------------------------------------
 
@@ -136,14 +156,32 @@ class DeviceHost(PlacedActor):
             return
         signal.setitimer(signal.ITIMER_REAL, 0)
         self.worker = Worker()
+        self.open_lane()
         for name, driver in list(self.drivers.items()):
             # Drivers report changes from the worker thread: hand them over to be sent from here.
             driver.subscribe(lambda event, detail, name=name: self.worker.post(Notice(name, event, dict(detail))))
         # Heartbeats start when the supervisor hears UnitReady: so does the clock on its silence.
         self.last_heard = time.monotonic()
         self.watchdog()  # records what the constructors started before anyone can know it runs
-        self.send(self.supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions))
+        self.send(self.supervisor, UnitReady(self.unit, self.incarnation, os.getpid(), descriptions,
+                                             self.desk.lane if self.desk is not None else None))
         log.info("running (pid %d): %s", os.getpid(), ", ".join(self.drivers))
+
+    def open_lane(self) -> None:
+        """Listen for clients' direct connections: a Unix socket in the lab's private run folder (on
+        the supervisor's machine; elsewhere this user's own) and TCP on the address this actor uses."""
+        spec = self.spec
+        local = os.getppid() == spec.supervisor_pid
+        try:
+            folder = spec.run_dir if local else str(runstate.private_dir(runstate.base_dir() / "lanes"))
+            bind = self.myAddress.addressDetails.sockname[0]
+            cameras = {name for name, methods in self.methods.items() if "acquire" in methods}
+            self.desk = LaneDesk(self.unit, tuple(self.drivers), cameras, SEAL.key, folder, bind,
+                                 spec.max_argument_bytes + (64 << 10), spec.lab_port)
+        except Exception:  # the device still runs; its clients go through the supervisor
+            log.exception("could not open the lane; clients reach this device through the supervisor only")
+            return
+        self.wakeupAfter(timedelta(seconds=LANE_REPORT_S), payload="lanes")
 
     def construct(self, spec, candidate: int | None, run_dir: str) -> None:
         """Build one configured device's driver or a factory's drivers (its emulator first, if any)."""
@@ -182,6 +220,8 @@ class DeviceHost(PlacedActor):
                 ended = self.worker.stop(self.spec.supervision.stop_timeout_s * 0.8)
                 self.collect(start_next=False)
                 self.refuse_pending("the device is stopping")
+            if self.desk is not None:
+                self.desk.close("the device is stopping")
                 if not ended:
                     log.error("%s is still running; its drivers cannot be shut down cleanly",
                               self.current.method if self.current else "a call")
@@ -196,11 +236,13 @@ class DeviceHost(PlacedActor):
         """Answer every queued request that never started: it was not carried out."""
         while self.pending:
             deliver = self.pending.popleft()
-            request = deliver.request
-            self.answer(deliver.reply_to, Failure(
-                request.request_id, "restarting", "DeviceUnavailable",
-                f"{request.device}: {type(request).__name__} was not started: {why}", request.device),
-                request.request_id)
+            self.answer(deliver.reply_to, self.not_started(deliver.request, why), deliver.request.device)
+
+    @staticmethod
+    def not_started(request, why: str) -> Failure:
+        """The failure of a request that was never started."""
+        return Failure(request.request_id, "restarting", "DeviceUnavailable",
+                       f"{request.device}: {type(request).__name__} was not started: {why}", request.device)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -215,20 +257,48 @@ class DeviceHost(PlacedActor):
         return self.spec.incarnation if self.spec is not None else 0
 
     def next_job(self) -> None:
-        """Hand the next request to the worker if it is free; answer at once those that cannot run."""
-        while self.current is None and self.pending and not self.hung:
+        """Keep the worker busy: the next request (or a frame for a camera's subscribers) as soon as it is free."""
+        turn_ends = time.monotonic() + QUICK_TURN_S
+        while self.current is None and not self.hung and self.start_one():
+            if self.current.reply_to is STREAM or time.monotonic() > turn_ends:
+                return  # back to Thespian's loop: sockets to read (a stream's acks), heartbeats
+            # A short call is done within a millisecond: take its outcome in this turn, not after
+            # another trip through Thespian's loop (which would cost a third of a trivial call).
+            deadline = time.monotonic() + QUICK_CALL_S
+            while self.current is not None and (left := deadline - time.monotonic()) > 0:
+                self.take(self.worker.collect(wait=left))
+
+    def start_one(self) -> bool:
+        """Start the next request on the worker (or, if none waits, a frame for a camera's subscribers),
+        answering at once those that cannot run; False if there is nothing to start."""
+        while self.pending:
             deliver = self.pending.popleft()
             request = deliver.request
             # Before StartUnit there are no drivers (every request is refused); no limit is needed.
             limit = self.spec.max_argument_bytes if self.spec is not None else 0
             checked = check(self.drivers, self.methods, request, limit)
             if isinstance(checked, Failure):
-                self.answer(deliver.reply_to, checked, request.request_id)
+                self.answer(deliver.reply_to, checked, request.device)
                 continue
-            driver, args, kwargs = checked
-            owner = self.owner_of(request.device)
-            self.run(Job(0, request.device, driver, self.drivers.get(owner, driver), request, deliver.reply_to,
-                         args, kwargs, self.spec.supervision.call_limit_s, reconnect_first=owner in self.degraded))
+            self.run(self.job(request, deliver.reply_to, checked))
+            return True
+        camera = self.desk.next_stream() if self.desk is not None else None
+        if camera is None:
+            return False
+        request = Acquire(device=camera, request_id=STREAM)
+        checked = check(self.drivers, self.methods, request, self.spec.max_argument_bytes)
+        if isinstance(checked, Failure):
+            return False
+        self.run(self.job(request, STREAM, checked))
+        return True
+
+    def job(self, request, reply_to, checked) -> Job:
+        """The worker's job for a checked request."""
+        driver, args, kwargs = checked
+        owner = self.owner_of(request.device)
+        ring = self.desk.ring_for(request.device, reply_to) if self.desk is not None else None
+        return Job(0, request.device, driver, self.drivers.get(owner, driver), request, reply_to, args, kwargs,
+                   self.spec.supervision.call_limit_s, reconnect_first=owner in self.degraded, ring=ring)
 
     def run(self, job: Job) -> None:
         """Start a job on the worker and the clock on its time limit."""
@@ -236,23 +306,38 @@ class DeviceHost(PlacedActor):
         job.id, job.started = self.jobs, time.monotonic()
         self.current = job
         self.worker.submit(job)
-        self.wakeupAfter(timedelta(seconds=job.limit), payload=("limit", job.id))
+        self.arm_limit()
+
+    def arm_limit(self) -> None:
+        """Make sure a timer fires by the current call's time limit. One timer serves many short calls
+        (each fired timer re-arms for the call running then), not one timer per call."""
+        job = self.current
+        if job is None:
+            return
+        deadline = job.started + job.limit
+        if any(due <= deadline + 0.001 for due in self.armed):
+            return
+        self.armed.append(deadline)
+        self.wakeupAfter(timedelta(seconds=max(0.0, deadline - time.monotonic())), payload=("limit", deadline))
 
     def collect(self, start_next: bool = True) -> None:
         """The worker finished something, worked out a time limit, or a device reported a change."""
-        for item in self.worker.collect():
+        self.take(self.worker.collect())
+        if start_next:
+            self.next_job()
+
+    def take(self, items) -> None:
+        """Act on what the worker handed over."""
+        for item in items:
             if isinstance(item, Outcome):
                 self.finished(item)
             elif isinstance(item, LimitKnown):
                 job = self.current
                 if job is not None and job.id == item.job_id:
                     job.limit = item.seconds
-                    remaining = job.started + job.limit - time.monotonic()
-                    self.wakeupAfter(timedelta(seconds=max(0.0, remaining)), payload=("limit", job.id))
+                    self.arm_limit()
             else:
                 self.send(self.supervisor, DeviceNotice(self.unit, item.device, item.event, item.detail))
-        if start_next:
-            self.next_job()
 
     def finished(self, outcome: Outcome) -> None:
         """Send a finished call's reply; follow its link going down or coming back."""
@@ -273,19 +358,26 @@ class DeviceHost(PlacedActor):
             with logs.driving(owner):
                 log.info("reconnect attempt %d failed: %s", self.degraded[owner], outcome.detail)
             self.wakeupAfter(timedelta(seconds=delay), payload=("reconnect", owner))
-        if job.request is not None:
-            reply = outcome.reply
-            if isinstance(reply, Reply) and isinstance(reply.value, np.ndarray):
-                self.frames[job.device] = self.frames.get(job.device, 0) + 1
-                reply = image(reply, self.frames[job.device])
-            self.answer(job.reply_to, reply, job.request.request_id)
+        if job.request is None:
+            return
+        reply = outcome.reply
+        if self.desk is not None and isinstance(reply, Reply) and isinstance(reply.value, Image):
+            self.desk.publish(job.device, reply.value, outcome.shared)  # every frame the camera makes
+        if job.reply_to is STREAM:
+            if isinstance(reply, Failure):
+                self.desk.end_streams(job.device, reply)
+        else:
+            self.answer(job.reply_to, reply, job.device, outcome.shared)
 
-    def answer(self, reply_to, reply: Reply | Failure, request_id: str) -> None:
-        """Send a reply to its client and tell the supervisor the request is done."""
+    def answer(self, reply_to, reply: Reply | Failure, device: str, shared=None) -> None:
+        """Send a reply to its client: on its lane, or as a message (then telling the supervisor it is done)."""
+        if isinstance(reply_to, Conn):
+            self.desk.answer(reply_to, device, reply, shared)
+            return
         try:
             self.send(reply_to, reply)
         finally:
-            self.send(self.supervisor, Done(self.unit, request_id))
+            self.send(self.supervisor, Done(self.unit, reply.request_id, isinstance(reply, Failure)))
 
     # -- links, watchdog --------------------------------------------------------------------
 
@@ -309,12 +401,13 @@ class DeviceHost(PlacedActor):
     def wakeup(self, payload) -> None:
         """Timers: call time limits, the watchdog on the supervisor, reconnection attempts."""
         if isinstance(payload, tuple) and payload[0] == "limit":
+            if payload[1] in self.armed:
+                self.armed.remove(payload[1])
             job = self.current
-            if job is None or job.id != payload[1] or self.hung:
+            if job is None or self.hung:
                 return
-            remaining = job.started + job.limit - time.monotonic()
-            if remaining > 0.001:  # a longer limit became known since this timer was set
-                self.wakeupAfter(timedelta(seconds=remaining), payload=payload)
+            if job.started + job.limit - time.monotonic() > 0.001:  # a later call, or a longer limit since
+                self.arm_limit()
                 return
             self.hung = True
             with logs.driving(job.device):
@@ -322,12 +415,21 @@ class DeviceHost(PlacedActor):
                           time.monotonic() - job.started, job.limit)
             # The queued requests never started. The supervisor answers them: a reply sent from here
             # now could be lost when this process is killed, a moment from now.
-            not_started = tuple(deliver.request.request_id for deliver in self.pending)
+            not_started = tuple(d.request.request_id for d in self.pending if not isinstance(d.reply_to, Conn))
+            for deliver in [d for d in self.pending if isinstance(d.reply_to, Conn)]:
+                self.answer(deliver.reply_to, self.not_started(deliver.request, "the device is hung"),
+                            deliver.request.device)
             self.pending.clear()
             self.send(self.supervisor, Hung(self.unit, self.incarnation, job.method, job.limit,
                                             job.request.request_id if job.request else "", not_started))
         elif payload == "watchdog":
             self.watchdog()
+        elif payload == "lanes" and self.desk is not None:
+            self.desk.sweep()
+            report = self.desk.report(self.unit, self.incarnation)
+            if report is not None:
+                self.send(self.supervisor, report)
+            self.wakeupAfter(timedelta(seconds=LANE_REPORT_S), payload="lanes")
         elif payload == "memory_exit":
             os._exit(processes.MEMORY_LIMIT_EXIT)
         elif isinstance(payload, tuple) and payload[0] == "reconnect":

@@ -46,6 +46,7 @@ class Job:
     limit: float = 0.0
     reconnect_first: bool = False   # the device's link is down: try to reopen it before the call
     started: float = 0.0
+    ring: Any = None                # framering.FrameRing: a frame it acquires goes there too
 
     @property
     def method(self) -> str:
@@ -77,6 +78,7 @@ class Outcome:
     reply: Reply | Failure | None
     link: str | None = None         # "lost" or "restored" when that changed, else None
     detail: str = ""
+    shared: Any = None              # framering.SharedFrame: where the frame lies in shared memory
 
 
 MAX_ARGUMENT_BYTES = 1 << 20   # the default of [lab] max_argument_bytes
@@ -165,7 +167,7 @@ def run(job: Job, post) -> Outcome:
             return Outcome(job, Failure(rid, "driver_error", type(exc).__name__, str(exc), job.device,
                                         traceback.format_exc()), link, detail)
     if isinstance(value, np.ndarray) and not value.dtype.hasobject:
-        return Outcome(job, Reply(rid, value), link, detail)  # the host wraps it in an Image
+        return Outcome(job, Reply(rid, value), link, detail)  # the worker makes it an Image
     return Outcome(job, sendable(Reply(rid, plain(value)), request), link, detail)
 
 
@@ -185,11 +187,6 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def image(reply: Reply, frame: int) -> Reply:
-    """A reply whose value is an array, with the array wrapped in an Image carrying its frame number."""
-    return Reply(reply.request_id, Image(reply.value, frame, time.time()))
-
-
 class Worker:
     """The one thread that calls drivers, in the order jobs arrive; wakes the actor through a pipe."""
 
@@ -198,6 +195,8 @@ class Worker:
         self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
+        self.frames: dict[str, int] = {}   # device -> frames acquired: each frame's number (this thread's own)
+        self.waiting = False               # the actor is blocked in collect(wait=...): no need to wake it
         self.thread = threading.Thread(target=self._work, name="labctl-driver", daemon=True)
         self.thread.start()
 
@@ -206,18 +205,31 @@ class Worker:
         self.jobs.put(job)
 
     def post(self, item: Any) -> None:
-        """Hand something to the actor's thread (an outcome, a device's notice) and wake it."""
+        """Hand something to the actor's thread (an outcome, a device's notice) and wake it, unless it
+        is waiting for it already (a wake-up then would only cost it a turn for nothing)."""
         self.done.put(item)
-        os.write(self.wake_w, b"x")
+        if not self.waiting:
+            os.write(self.wake_w, b"x")
 
-    def collect(self) -> list:
-        """Everything handed over since the last call (on the actor's thread, when woken)."""
+    def collect(self, wait: float = 0.0) -> list:
+        """Everything handed over since the last call (on the actor's thread, when woken), waiting up
+        to `wait` seconds for the first item if there is none yet."""
+        items = []
+        if wait > 0:
+            self.waiting = True
+            try:
+                items.append(self.done.get(timeout=wait))
+            except queue.Empty:
+                pass
+            finally:
+                # From here on the worker wakes the actor again; what it posted before, while this
+                # was still waiting, is taken below.
+                self.waiting = False
         try:
             while os.read(self.wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
-        items = []
         while True:
             try:
                 items.append(self.done.get_nowait())
@@ -239,7 +251,23 @@ class Worker:
                 outcome = Outcome(job, Failure(rid, "lab_error", type(exc).__name__,
                                                f"labctl failed running {job.method}: {exc}", job.device,
                                                traceback.format_exc()) if job.request is not None else None)
+            if isinstance(outcome.reply, Reply) and isinstance(outcome.reply.value, np.ndarray):
+                outcome = self.framed(outcome)
             self.post(outcome)
+
+    def framed(self, outcome: Outcome) -> Outcome:
+        """A frame's outcome: its array numbered and wrapped in an Image, and put in the camera's ring if
+        it has one (a client on this machine wants it)."""
+        job, data = outcome.job, outcome.reply.value
+        frame = self.frames[job.device] = self.frames.get(job.device, 0) + 1
+        image = Image(data, frame, time.time())
+        shared = None
+        if job.ring is not None:
+            try:
+                shared = job.ring.put(np.ascontiguousarray(data), frame, image.timestamp)
+            except Exception:  # /dev/shm full, say: the frame still travels, as bytes
+                logging.getLogger("labctl.lanes").exception("could not put frame %d in shared memory", frame)
+        return attrs.evolve(outcome, reply=Reply(outcome.reply.request_id, image), shared=shared)
 
 
 def describe(name: str, driver: Device) -> DeviceDescription:

@@ -30,6 +30,13 @@ class DeviceHandle:
         """Send any message to this device."""
         return self._lab.send(self.name, message, timeout)
 
+    def stream(self, n: int | None = None, timeout: float | None = None):
+        """A camera's frames as it produces them (`n`, or until closed); each Image has `frame` and `lost`."""
+        if "Camera" not in self._description.interfaces:
+            raise AttributeError(f"{self.name} ({self._description.driver}) is not a camera: it has no frames "
+                                 f"to stream")
+        return self._lab.stream(self.name, n, timeout)
+
     def __getattr__(self, name: str) -> DeviceHandle:
         if name.startswith("_"):
             raise AttributeError(name)

@@ -20,7 +20,7 @@ from thespian.system.messages.status import Thespian_StatusReq, Thespian_SystemS
 
 from labctl.config.schema import Lab
 
-from . import families, labkey, logs, processes, runstate
+from . import families, framering, labkey, logs, processes, runstate
 from .actorsystem import SUPERVISOR_NAME, keep_out_of_children, never_starting_an_admin, start_admin
 from .errors import LabError
 from .messages import GetLabStatus, InitLab, LabStatus, Reply
@@ -223,6 +223,7 @@ class Keeper:
             if self.system is not None and self.record.admin_running():
                 self.stop_processes()
             self.clear_leftovers()
+            framering.remove_segments(self.lab.port)   # the rings of device processes that were killed
             runstate.remove(self.lab.port)
             shutil.rmtree(runstate.lab_dir(self.lab.port), ignore_errors=True)
         elapsed = time.monotonic() - began
@@ -245,6 +246,7 @@ def clear_port(port: int, bind: str) -> None:
                                 f"{record.keeper_pid}, config {record.config}); stop it with: labctl down --port {port}")
     if record is not None:
         processes.kill_all(record.lab_processes(), timeout=2.0)
+        framering.remove_segments(port)
         runstate.remove(port)
     if processes.port_is_free(port, bind) and not processes.port_answers(port, bind, timeout=0.2):
         return

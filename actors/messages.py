@@ -254,6 +254,7 @@ class Image:
     data: np.ndarray
     frame: int = 0
     timestamp: float = 0.0
+    lost: int = 0         # in a stream: frames the camera produced just before this one that it missed
 
     def summary(self) -> dict[str, Any]:
         """Shape, dtype and a few statistics, for printing."""
@@ -279,13 +280,15 @@ class DeviceInfo:
     last_error: str | None
     degraded: bool = False
     unit: str = ""
+    requests: tuple[int, int] = (0, 0)    # requests it answered (by lane or through the supervisor), failed ones
 
     def as_json(self) -> dict[str, Any]:
-        """The fields `labctl status --json` promises, plus `degraded`."""
+        """The fields `labctl status --json` promises, plus `degraded`, `requests` and `failed_requests`."""
         return {"name": self.name, "driver": self.driver, "host": self.host, "pid": self.pid,
                 "state": self.state, "restarts": self.restarts,
                 "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 3),
-                "last_error": self.last_error, "degraded": self.degraded}
+                "last_error": self.last_error, "degraded": self.degraded,
+                "requests": self.requests[0], "failed_requests": self.requests[1]}
 
 
 @frozen
@@ -355,3 +358,58 @@ class DeviceDescription:
         """The message names this device accepts."""
         names = {m.message for m in self.methods}
         return sorted(names | {"Call"})
+
+
+# -- lanes: clients talking to device processes directly --------------------------------------
+
+@frozen
+class Lane:
+    """Where one device process serves its devices directly: a Unix socket (same machine) and TCP."""
+    unit: str
+    pid: int
+    devices: tuple[str, ...]
+    unix: str                         # the socket's path, '' if none
+    tcp: tuple[str, int]              # (address, port)
+    machine: str                      # the device's machine (boot): its Unix socket is usable only there
+
+
+@frozen
+class GetLanes(Request):
+    """Ask the supervisor where running devices serve their lanes (all, or `device`'s): {device: Lane}."""
+
+
+@frozen
+class WhyEnded(Request):
+    """A client's lane to the device's process `pid` closed with `message` in flight: ask the supervisor
+    why (it answers once it knows how that process ended) with the failure to raise."""
+    pid: int = 0
+    message: str = ""
+
+
+@frozen
+class Subscribe(Request):
+    """On a lane: send me every frame this camera produces, as a Stream message, from now on."""
+
+
+@frozen
+class FramesTaken:
+    """On a lane: I have taken in `count` more frames of this camera's stream (room for that many more)."""
+    device: str
+    count: int = 1
+
+
+@frozen
+class StreamFrame:
+    """A frame of a subscribed camera: an Image (TCP lane) or where it lies in shared memory (Unix lane).
+    `frame` numbers the camera's frames; a gap means frames this subscriber did not get."""
+    device: str
+    frame: int
+    image: Any
+
+
+@frozen
+class StreamEnd:
+    """A subscribed camera's stream stopped (its driver failed, or the device is stopping)."""
+    device: str
+    error_type: str
+    message: str

@@ -24,6 +24,7 @@ class StartUnit:
     max_argument_bytes: int = 1 << 20   # [lab] max_argument_bytes: larger call arguments are refused
     supervisor_pid: int = 0             # a process whose parent this is needs no watchdog on its silence
     log_dir: str = ""                   # where a process on the supervisor's machine writes its logs
+    lab_port: int = 0                   # names the lab's frame rings in shared memory
 
 
 @frozen
@@ -68,6 +69,8 @@ class UnitReady:
     incarnation: int
     pid: int
     devices: tuple[DeviceDescription, ...]
+    lane: Any = None                    # messages.Lane: where clients reach this process directly
+
 
 
 @frozen
@@ -93,6 +96,17 @@ class Done:
     """DeviceHost -> supervisor: a delivered request has been answered."""
     unit: str
     request_id: str
+    failed: bool = False
+
+
+@frozen
+class LaneDone:
+    """DeviceHost -> supervisor, about once a second while clients use its lane: requests it answered
+    there since the last report, per device (answered, failed), and the latest failures."""
+    unit: str
+    incarnation: int
+    counts: dict                        # device -> (answered, failed)
+    failures: tuple = ()                # (device, error type, text), the last few
 
 
 @frozen

@@ -49,6 +49,8 @@ class UnitState:
     waiting: bool = False          # failed only because its unit or host is not there (yet)
     reaping: bool = False          # a process of a previous supervisor may still run it: wait
     descriptions: dict = attrs.Factory(dict)
+    lane: Any = None               # messages.Lane of its current process, once it runs
+    served: dict = attrs.Factory(dict)   # device -> [answered, failed] on lanes, as reported
     degraded: set = attrs.Factory(set)
     ping_seq: int = 0
     pong_seq: int = 0
@@ -69,7 +71,7 @@ class UnitState:
     def new_process(self, address, pid: int | None) -> None:
         """A new process was created for the unit: a new incarnation, nothing heard from it yet."""
         self.incarnation += 1
-        self.address, self.pid, self.pid_started = address, pid, None
+        self.address, self.pid, self.pid_started, self.lane = address, pid, None, None
         self.ping_seq = self.pong_seq = self.misses = 0
         self.exit_plan = self.cause = None
 
@@ -129,6 +131,21 @@ class Registry:
             unit.cause = f"memory limit exceeded: {notice.detail['rss_mb']} MB > {notice.detail['limit_mb']} MB"
         return True
 
+    def lane_done(self, report) -> None:
+        """Count what a unit's process answered on its lane (reported about once a second)."""
+        unit = self.units.get(report.unit)
+        if unit is None or unit.incarnation != report.incarnation:
+            return
+        for device, (answered, failed) in report.counts.items():
+            self.count(unit, device, answered, failed)
+
+    @staticmethod
+    def count(unit: UnitState, device: str, answered: int, failed: int) -> None:
+        """Add to the requests a device has answered (and how many of them failed)."""
+        counts = unit.served.setdefault(device, [0, 0])
+        counts[0] += answered
+        counts[1] += failed
+
     def remote(self, unit: UnitState) -> bool:
         """Whether a unit runs on another host than the supervisor's."""
         return unit.spec.host != self.lab.host
@@ -156,6 +173,7 @@ class Registry:
                         (description.driver if description else "")
                     infos.append(DeviceInfo(name, driver, unit.spec.host, unit.pid, str(unit.state), unit.restarts,
                                             uptime, unit.last_error, name.split(".")[0] in unit.degraded
-                                            or name in unit.degraded, unit.name))
+                                            or name in unit.degraded, unit.name,
+                                            tuple(unit.served.get(name, (0, 0)))))
         return LabStatus(request_id, self.lab.name, self.lab.port, tuple(infos), os.getpid(), os.getppid(),
                          keeper_pid)

@@ -15,6 +15,9 @@ from . import processes
 from .errors import RunDirUnsafe
 
 
+LANES_FILE = "lanes.json"   # in a lab's folder: where its devices' lanes are (see routing.publish_lanes)
+
+
 def base_dir() -> Path:
     """Where run records and lab keys live: $LABCTL_RUN_DIR, else $XDG_RUNTIME_DIR/labctl, else a
     per-user temp folder; RunDirUnsafe unless it is this user's alone."""

@@ -55,7 +55,8 @@ class Starts:
         unit.new_process(address, local_child_pid(self.actor, address))
         sup = unit.supervision
         self.actor.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.actor.run_dir,
-                                     self.actor.lab.max_argument_bytes, os.getpid(), self.actor.lab.log_dir))
+                                     self.actor.lab.max_argument_bytes, os.getpid(), self.actor.lab.log_dir,
+                                     self.actor.lab.port))
         self.actor.after(sup.init_timeout_s + INIT_GRACE_S, InitTimeout(unit.name, unit.incarnation))
 
     def ended(self, unit: UnitState) -> None:
@@ -101,6 +102,8 @@ class Starts:
         if unit.waiting:  # it was waiting for its unit or host, not crashing: that error is over
             unit.last_error, unit.waiting = None, False
         self.actor.registry.learn_names(unit, message.devices)
+        unit.lane = message.lane
+        self.actor.router.lanes_changed()
         unit.degraded.clear()
         self.ended(unit)
         self.actor.events.emit(unit, "running", pid=message.pid)

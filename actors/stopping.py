@@ -14,7 +14,7 @@ import uuid
 
 from thespian.actors import ActorSystemException
 
-from . import labkey, processes, runstate
+from . import framering, labkey, processes, runstate
 from .actorsystem import SUPERVISOR_CLASS, SUPERVISOR_NAME, attach
 from .errors import LabNotRunning, NotAuthorised
 from .messages import GetLabStatus, LabStatus, Reply, StopLab
@@ -75,6 +75,7 @@ def shutdown_lab(port: int, bind: str = "127.0.0.1", timeout: float = 10.0) -> s
         name = name or "lab"
         processes.kill_all(leftovers, timeout=2.0)
     processes.wait_port_free(port, bind, timeout=2.0)
+    framering.remove_segments(port)   # frame rings of device processes that were killed
     runstate.remove(port)
     return name
 

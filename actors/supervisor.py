@@ -17,19 +17,20 @@ from datetime import timedelta
 
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
-from . import failures, families, logs, policy, processes, runstate
+from . import failures, families, lanes, logs, policy, processes, runstate
 from .actorsystem import EXIT_CODES
 from .eventfeed import EventFeed
 from .liveness import Liveness
-from .messages import (DescribeDevice, DeviceRequest, GetEvents, GetLabStatus, InitLab, Reply, Request,
-                       RestartDevice, StopLab)
-from .protocol import (DeviceNotice, Done, Hung, NotStarted, Pong, ProbeResult, Reaped, UnitFailed, UnitReady,
-                       UnitStarted)
+from .messages import (DescribeDevice, DeviceRequest, GetEvents, GetLabStatus, GetLanes, InitLab, Reply, Request,
+                       RestartDevice, StopLab, WhyEnded)
+from .protocol import (DeviceNotice, Done, Hung, LaneDone, NotStarted, Pong, ProbeResult, Reaped, UnitFailed,
+                       UnitReady, UnitStarted)
 from .probing import Probing
 from .registry import Phase, Registry, UnitState
 from .routing import Router
 from .starting import Starts
-from .timers import Beat, EventsDue, ExitRecheck, InitTimeout, Launch, ReapDeadline, ReapTimeout, StopTimeout
+from .timers import (Beat, EventsDue, ExitRecheck, InitTimeout, Launch, ReapDeadline, ReapTimeout, StopTimeout,
+                     LanesDue, WhyDue)
 
 log = logging.getLogger("labctl.supervisor")
 
@@ -49,7 +50,7 @@ class Supervisor(Actor):
         self.stopping = False
         self.stop_waiters: list[tuple[object, str]] = []
         self.handlers = {
-            Done: lambda m, s: self.router.done(m.request_id), Pong: lambda m, s: self.liveness.pong(m),
+            Done: lambda m, s: self.router.done(m), Pong: lambda m, s: self.liveness.pong(m),
             WakeupMessage: lambda m, s: self.wakeup(m.payload), ChildActorExited: lambda m, s: self.child_exited(m),
             UnitStarted: lambda m, s: self.starts.unit_started(m), Hung: lambda m, s: self.liveness.hung(m),
             NotStarted: lambda m, s: self.router.not_started(m.request_ids, m.why),
@@ -58,6 +59,8 @@ class Supervisor(Actor):
             ProbeResult: lambda m, s: self.probing.result(m), InitLab: self.init_lab,
             GetLabStatus: lambda m, s: self.send(s, self.registry.status(m.request_id, self.keeper_pid)),
             GetEvents: self.events.get, DescribeDevice: lambda m, s: self.router.describe(m, s),
+            GetLanes: lambda m, s: self.router.lanes(m, s), LaneDone: lambda m, s: self.registry.lane_done(m),
+            WhyEnded: lambda m, s: self.router.why_ended(m, s),
             RestartDevice: self.restart_by_hand, StopLab: self.stop_lab,
             ActorExitRequest: lambda m, s: log.info("supervisor exiting; Thespian stops every device host"),
             PoisonMessage: lambda m, s: log.warning("a message could not be handled: %r", m.poisonMessage),
@@ -67,6 +70,7 @@ class Supervisor(Actor):
             InitTimeout: lambda t: self.liveness.init_timeout(t), StopTimeout: lambda t: self.liveness.stop_timeout(t),
             ExitRecheck: lambda t: self.liveness.exit_due(t), ReapTimeout: lambda t: self.liveness.exit_due(t),
             ReapDeadline: lambda t: self.liveness.reap_deadline(t), EventsDue: self.events.due,
+            WhyDue: lambda t: self.router.why_due(t), LanesDue: lambda t: self.router.publish_lanes(t),
         }
 
     def receiveMessage(self, message, sender):
@@ -154,8 +158,10 @@ class Supervisor(Actor):
             return
         exitcode = EXIT_CODES.pop(unit.pid, None) if unit.pid else None
         if unit.pid and not self.registry.remote(unit):
-            # what its drivers started ends with it, before a restart
+            # what its drivers started ends with it, before a restart; a killed process leaves its lane's
+            # socket file and its cameras' rings in shared memory behind
             families.kill_group(unit.pid, self.run_dir, leader_started=unit.pid_started)
+            lanes.remove_leftovers(self.run_dir, self.lab.port, unit.pid)
         self.liveness.forget(unit)
         ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
         init_timeout = unit.supervision.init_timeout_s
@@ -165,7 +171,7 @@ class Supervisor(Actor):
             unit.cause = unit.cause or f"construction took longer than {init_timeout:g} s"
         killed, cause = unit.cause is not None, unit.cause or processes.exit_cause(exitcode)
         plan, pid = unit.exit_plan, unit.pid
-        unit.address = unit.running_since = unit.constructing_since = unit.pid = None
+        unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
         self.starts.ended(unit)
         if plan == "stop" or self.stopping:
             self.settle(unit, Phase.STOPPED)
@@ -183,7 +189,8 @@ class Supervisor(Actor):
             unit.last_error = None if normal else cause
             self.events.emit(unit, "exited" if normal else "crashed", cause=cause, pid=pid)
             self.apply(unit, policy.Ended(unit.name, normal, cause, ran))
-        self.router.fail_inflight(unit, cause)
+        self.router.fail_inflight(unit, cause, pid)
+        self.router.lanes_changed()
         for name in self.registry.group_of.get(unit.name, [unit.name]):
             self.events.keep_record(self.registry[name])
         self.check_stopped()

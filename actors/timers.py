@@ -61,3 +61,15 @@ class ReapDeadline:
 class EventsDue:
     """A long-poll for events has waited as long as it asked."""
     token: int
+
+
+@frozen
+class WhyDue:
+    """A client asked why its lane to a process closed: answer it now, if that process's end has not."""
+    unit: str
+    pid: int
+
+
+@frozen
+class LanesDue:
+    """Time to publish the devices' lanes in the run folder (changes are gathered, not written one by one)."""

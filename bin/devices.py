@@ -52,7 +52,9 @@ def send(device: str, message: str, args: tuple[str, ...], port: int | None, con
         fail(text)
 
     try:
-        client = connect(port, timeout=timeout)
+        # Not attached yet: a device whose lane is published in the run folder is reached without the
+        # actor runtime (labctl send then starts and answers in about a tenth of a second).
+        client = connect(port, timeout=timeout, attach=False)
     except LabError as exc:
         failed(type(exc).__name__, str(exc))
     with client:

@@ -24,10 +24,11 @@ driver = "sim-valves"
 """
 
 
-def test_threads_sharing_one_client_each_get_their_own_replies(lab, client_for):
+@pytest.mark.parametrize("lane", ["off", "unix", "tcp"])
+def test_threads_sharing_one_client_each_get_their_own_replies(lab, client_for, lane):
     lab.write(STAGES)
     assert lab.up().returncode == 0
-    client = client_for(lab)
+    client = client_for(lab, lane=lane)   # through the supervisor, or on each device's own lane
     wrong, errors = [], []
 
     def worker(thread: int) -> None:

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from labctl.actors.client import LabClient
+from labctl.actors.laneclient import Lanes
 from labctl.actors.errors import DeviceError, DriverError
 from labctl.actors.messages import Failure, GetPosition, OpenValve, Reply
 
@@ -44,6 +45,7 @@ def client_with(script, timeout: float = 2.0) -> tuple[LabClient, FakeContext]:
     client._local, client._lock, client._supervisor_address = threading.local(), threading.Lock(), None
     client._descriptions, client._handles, client._names = {}, {}, None
     client._local.context = context
+    client._lanes = Lanes(client, b"k" * 32, "off")   # everything through the (fake) supervisor
     return client, context
 
 

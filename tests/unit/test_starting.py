@@ -15,7 +15,7 @@ class FakeSupervisor:
 
     def __init__(self) -> None:
         self.created, self.stopping, self.run_dir, self._myRef = [], False, "/nonexistent", None
-        self.lab = types.SimpleNamespace(max_argument_bytes=1 << 20, log_dir="/nonexistent")
+        self.lab = types.SimpleNamespace(max_argument_bytes=1 << 20, log_dir="/nonexistent", port=1)
 
     def createActor(self, cls, targetActorRequirements=None):
         self.created.append(object())
