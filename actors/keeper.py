@@ -122,27 +122,32 @@ class Keeper:
     def watch(self) -> None:
         """Keep the lab alive until a stop is requested; raises AdminLost when told not to recover."""
         while not self.stop_requested:
-            admin, supervisor = self.record.admin_pid, self.record.supervisor_pid
-            fds = {}
-            for pid in (admin, supervisor):
-                try:
-                    fds[os.pidfd_open(pid)] = pid
-                except (OSError, AttributeError):
-                    pass
+            self.watch_once(1.0)
+
+    def watch_once(self, wait: float) -> None:
+        """One look at the lab, waiting up to `wait` s for its admin or supervisor to end: replace what
+        died, kill what hangs (also called while `up` waits for the devices to start)."""
+        admin, supervisor = self.record.admin_pid, self.record.supervisor_pid
+        fds = {}
+        for pid in (admin, supervisor):
             try:
-                select.select([self._wake_r, *fds], [], [], 1.0)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            processes.reap_children()
-            if self.stop_requested:
-                break
-            if not processes.is_alive(admin):
-                self.admin_died()
-            elif supervisor and not processes.is_alive(supervisor):
-                self.supervisor_died()
-            elif supervisor and time.monotonic() >= self.next_check:
-                self.check_liveness(supervisor)
+                fds[os.pidfd_open(pid)] = pid
+            except (OSError, AttributeError):
+                pass
+        try:
+            select.select([self._wake_r, *fds], [], [], wait)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        processes.reap_children()
+        if self.stop_requested:
+            return
+        if not processes.is_alive(admin):
+            self.admin_died()
+        elif supervisor and not processes.is_alive(supervisor):
+            self.supervisor_died()
+        elif supervisor and time.monotonic() >= self.next_check:
+            self.check_liveness(supervisor)
 
     def check_liveness(self, pid: int) -> None:
         """Ask the admin and the supervisor how they are; one that stays silent too many times in a row

@@ -49,10 +49,13 @@ def up(config_file: str, detach: bool, no_recover: bool, port: int | None, new_k
     def started() -> None:
         try:
             status = wait_for_devices(lab.port, keeper)
-        except LabError:
-            if keeper.record is not None and not keeper.record.admin_running():
-                return  # the admin died meanwhile: the watch that follows recovers it, or says so
-            raise
+        except LabError as exc:
+            # The lab stopped answering while it started: its admin died, or hangs (SIGSTOP). The
+            # watch that follows finds which, kills a hung admin and recovers the lab (or, with
+            # --no-recover, says so and exits 1); ending `up` here would leave nobody in charge.
+            click.echo(f"warning: the lab stopped answering while its devices started ({exc}); its keeper "
+                       "is taking over", err=True)
+            return
         click.echo(formatting.status_table(status))
         click.echo(f"lab {lab.name} is up on {lab.bind}:{lab.port}; logs in {lab.log_dir}; its key in "
                    f"{labkey.path_for(lab.port)}. Ctrl-C stops it.")
@@ -153,6 +156,8 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
         with click.progressbar(length=0, label="starting devices", file=sys.stderr) as bar:
             done, since, deadline = 0, 0, time.monotonic() + timeout
             while time.monotonic() < deadline and not (keeper is not None and keeper.stop_requested):
+                if keeper is not None:
+                    keeper.watch_once(0)  # a foreground keeper keeps watching the lab's admin meanwhile
                 try:
                     status = client.status()
                     bar.length = len(status.devices)

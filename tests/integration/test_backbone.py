@@ -231,6 +231,37 @@ driver = "sim-furnace"
     assert elapsed < 10, f"stopping took {elapsed:.1f} s"  # generous: catches hangs, not slowness
 
 
+def test_foreground_up_whose_admin_hangs_while_it_starts_recovers_and_keeps_running(lab):
+    journal = lab.dir / "journal.txt"
+    lab.write(f"""
+[devices.valves]
+driver = "sim-valves"
+[devices.slow]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}", hang = true }}
+init_timeout_s = 60.0
+""")
+    proc = lab.popen("up", lab.config)
+    try:
+        wait_for_text(journal, "open")  # the slow constructor runs: up is waiting for it
+        record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+        os.kill(record["admin_pid"], signal.SIGSTOP)
+        # The keeper kills the hung admin and brings the lab back; up keeps running all along.
+        status = lab.wait_for(lambda s: any(d["name"] == "valves" and d["state"] == "running" for d in s["devices"]),
+                              timeout=60, what="the lab recovered")
+        assert proc.poll() is None, proc.communicate()
+        new_record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
+        assert new_record["admin_pid"] != record["admin_pid"], status
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "its keeper is taking over" in err
+    assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
+
+
 def test_up_refuses_a_port_where_a_lab_runs(lab):
     lab.write(SMALL_LAB)
     assert lab.up().returncode == 0
