@@ -8,6 +8,7 @@ hung one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -114,10 +115,25 @@ def check(drivers: dict[str, Device], methods: dict[str, dict], request: Request
                        f"{name}: arguments of {type(request).__name__} {method_name!r} are {byte_size(size)}; "
                        f"the limit is {byte_size(max_argument_bytes, exact=True)} (max_argument_bytes)", name)
     try:
-        inspect.signature(method).bind(*args, **kwargs)
+        _bind(method, args, kwargs)
     except TypeError as exc:
         return Failure(rid, "bad_argument", "TypeError", f"{name}.{method_name}: {exc}", name)
     return driver, args, kwargs
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature(func) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def _bind(method, args: tuple, kwargs: dict) -> None:
+    """Bind arguments to a driver method's signature (TypeError if they do not fit); signatures are
+    worked out once per function, not per call."""
+    func = getattr(method, "__func__", None)
+    if func is None:
+        inspect.signature(method).bind(*args, **kwargs)
+    else:
+        _signature(func).bind(method.__self__, *args, **kwargs)
 
 
 def byte_size(size: int, exact: bool = False) -> str:

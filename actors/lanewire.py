@@ -124,7 +124,7 @@ class Wire:
         data = recv_exactly(sock, length)
         buffers = []
         for size in sizes:
-            buffer = bytearray(size)
+            buffer = _uninitialised(size)
             recv_into_exactly(sock, memoryview(buffer))
             buffers.append(buffer)
         return self.unpack(head + lengths, mac, data, buffers)
@@ -176,6 +176,16 @@ class Reader:
 
 
 _INCOMPLETE = object()
+
+
+def _uninitialised(size: int):
+    """Memory to receive `size` bytes into: a large buffer is not zeroed first (a frame's 8 MiB
+    would be written twice), and the array unpickled from it keeps it as its own."""
+    if size < 1 << 16:
+        return bytearray(size)
+    import numpy
+
+    return numpy.empty(size, numpy.uint8)
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:

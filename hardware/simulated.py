@@ -90,10 +90,14 @@ class _StoredSettings(Camera):
 
 
 class SimCamera(_StoredSettings):
-    """A camera whose images carry their frame number in the first row (pixel [0, 0] == frame)."""
+    """A camera whose images carry their frame number in the first row (pixel [0, 0] == frame).
+
+    With `pattern = "static"` every image is one fixed, read-only gradient that costs nothing to
+    make (like python-microscope's "black" pattern): for measuring what carries frames, not the
+    camera."""
 
     def __init__(self, shape: Iterable[int] = (2048, 2048), dtype: str = "uint16",
-                 exposure: float = 0.01, simulate_exposure: bool = True) -> None:
+                 exposure: float = 0.01, simulate_exposure: bool = True, pattern: str = "numbered") -> None:
         shape = [int(n) for n in shape]
         if len(shape) != 2 or min(shape) < 1:
             raise OutOfRange(f"shape must be [rows, columns] of positive integers, got {shape}")
@@ -106,11 +110,17 @@ class SimCamera(_StoredSettings):
         self._frame = 0
         rows, cols = np.indices(self._shape, dtype=np.int64)
         self._base = ((rows + cols) % max(1, min(np.iinfo(self._dtype).max, 4096))).astype(self._dtype)
+        if pattern not in ("numbered", "static"):
+            raise OutOfRange(f"pattern must be 'numbered' or 'static', got {pattern!r}")
+        self._static = pattern == "static"
+        self._base.flags.writeable = False   # shared by every static image: nobody may change it
 
     def _do_acquire(self) -> np.ndarray:
         if self._simulate_exposure:
             time.sleep(self._exposure)
         self._frame += 1
+        if self._static:
+            return self._base
         image = self._base.copy()
         image[0, :] = self._frame % (int(np.iinfo(self._dtype).max) + 1)
         return image
