@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 C = "tests/integration/test_contracts.py::"
+L = "tests/integration/test_lanes.py::"
 INFLIGHT = C + "test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent"
 RESEND_SETUP = [
     ("actors/routing.py", "        self.inflight: dict[str, InFlight] = {}\n",
@@ -115,6 +116,36 @@ MUTANTS = [
      [C + "test_the_lab_is_found_by_port_then_config_then_labctl_port_then_1900"]),
     ("15", "SIGTERM not handled by a foreground `up`", [("actors/keeper.py", "signal.SIGTERM", "signal.SIGUSR2")],
      [C + "test_sigterm_stops_a_foreground_up_cleanly"]),
+    ("16", "a lane request whose connection drops is sent again (to the new process)", [("actors/laneclient.py",
+        "            return self.why_ended(message, channel.lane.pid, exc)\n",
+        "            time.sleep(2.0)\n            return self.request(message, max(1.0, deadline - time.monotonic()))\n")],
+     [L + "test_a_request_in_flight_when_its_process_is_killed_fails_fast_and_is_never_resent"]),
+    ("17", "a timed-out lane connection is kept and any reply taken", [
+        ("actors/laneclient.py", "                if getattr(reply, \"request_id\", None) == message.request_id:\n",
+         "                if True:\n"),
+        ("actors/laneclient.py", "            channels.pop(key, None)\n            channel.close()  # its late reply",
+         "            pass\n            # its late reply")],
+     [L + "test_a_late_reply_is_never_taken_for_the_next_request"]),
+    ("18", "the TCP lane's MAC is not checked", [("actors/lanewire.py",
+        "            if not hmac.compare_digest(mac, self._mac(self.in_tag, self.received, head, data)):",
+        "            if False:")],
+     ["tests/unit/test_lanewire.py::test_a_changed_pickle_or_a_replayed_message_is_refused"]),
+    ("19", "the lane lets in a client that cannot prove the key", [("actors/lanewire.py",
+        "    if not hmac.compare_digest(proof, _proof(key, b\"client\", server_nonce, client_nonce)):",
+        "    if False:")],
+     [L + "test_a_client_without_the_key_is_refused_on_the_lane"]),
+    ("20", "the Unix lane does not check its peer's uid", [("actors/lanes.py",
+        "        if kind == \"unix\" and conn.uid != os.getuid():", "        if False:")],
+     ["tests/unit/test_lanewire.py::test_a_local_process_of_another_uid_is_refused_even_if_it_reaches_the_socket"]),
+    ("21", "a frame overwritten while it is copied out of shared memory is returned", [("actors/framering.py",
+        "        if start_stamp != ref.seq:", "        if False:")],
+     ["tests/unit/test_framering.py::test_a_frame_overwritten_while_it_is_copied_is_refused"]),
+    ("22", "frames a stream never got are not counted", [("actors/laneclient.py",
+        "                self._lose(item.frame - self.last_frame - 1)", "                pass")],
+     [L + "test_a_slow_stream_consumer_is_told_exactly_how_many_frames_it_lost"]),
+    ("23", "`up` stops watching its admin while the devices start", [("bin/lifecycle.py",
+        "                    keeper.watch_once(0)", "                    pass")],
+     ["tests/integration/test_backbone.py::test_foreground_up_whose_admin_hangs_while_it_starts_recovers_and_keeps_running"]),
 ]
 
 
