@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import timedelta
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,12 +113,26 @@ class LabClient:
             except Exception:
                 pass  # a context is dropped because it misbehaved; closing it may misbehave too
 
-    def _supervisor(self, context):
+    def _supervisor(self, context, timeout: float):
+        """The supervisor's address, looked up by its global name (the admin answers) within `timeout`."""
+        import thespian.system.systemBase as system_base
+
         from .actorsystem import SUPERVISOR_CLASS, SUPERVISOR_NAME
 
         with self._lock:
             if self._supervisor_address is None:
-                self._supervisor_address = context.createActor(SUPERVISOR_CLASS, globalName=SUPERVISOR_NAME)
+                # Thespian waits up to 50 s for an admin that does not answer (one SIGSTOPped, say):
+                # bound the lookup by this request's time. The lock keeps other threads of this
+                # client out meanwhile.
+                saved = system_base.MAX_CHILD_ACTOR_CREATE_DELAY
+                system_base.MAX_CHILD_ACTOR_CREATE_DELAY = timedelta(seconds=max(0.05, timeout))
+                try:
+                    self._supervisor_address = context.createActor(SUPERVISOR_CLASS, globalName=SUPERVISOR_NAME)
+                finally:
+                    system_base.MAX_CHILD_ACTOR_CREATE_DELAY = saved
+                if self._supervisor_address is None:
+                    self._drop_context()  # one that timed out may stall the next ask
+                    raise LabTimeout(f"the lab's admin on port {self.port} does not answer (within {timeout:g} s)")
             return self._supervisor_address
 
     def request(self, message: Request, timeout: float | None = None) -> Any:
@@ -143,7 +158,7 @@ class LabClient:
         for attempt in range(2):
             context = self._context()
             try:
-                supervisor = self._supervisor(context)
+                supervisor = self._supervisor(context, max(0.001, deadline - time.monotonic()))
                 reply = context.ask(supervisor, message, max(0.001, deadline - time.monotonic()))
                 while reply is None or getattr(reply, "request_id", None) != request_id:
                     remaining = deadline - time.monotonic()

@@ -150,7 +150,11 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
     def stopped() -> bool:
         return bool(keeper_pid) and not processes.is_alive(keeper_pid)
 
-    client = open_client(port, timeout=2.0)  # short: a lab that vanishes mid-request is seen at once
+    from labctl.actors.client import connect
+
+    # A short timeout: a lab that vanishes mid-request is seen at once. Not open_client: a lab that
+    # does not answer raises LabError here, for the caller to hand over to the keeper's watch.
+    client = connect(port, timeout=2.0)
     try:
         status = None
         with click.progressbar(length=0, label="starting devices", file=sys.stderr) as bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -241,24 +242,31 @@ driver = "labtest_drivers:Recorder"
 conf = {{ journal = "{journal}", hang = true }}
 init_timeout_s = 60.0
 """)
-    proc = lab.popen("up", lab.config)
+    said = lab.dir / "up.err"   # a file, not a pipe: the lab's processes inherit up's descriptors
+    with said.open("w") as err:
+        proc = subprocess.Popen([*lab.labctl_argv(), "up", str(lab.config)], cwd=lab.dir, env=lab.env,
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         wait_for_text(journal, "open")  # the slow constructor runs: up is waiting for it
         record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
         os.kill(record["admin_pid"], signal.SIGSTOP)
         # The keeper kills the hung admin and brings the lab back; up keeps running all along.
-        status = lab.wait_for(lambda s: any(d["name"] == "valves" and d["state"] == "running" for d in s["devices"]),
-                              timeout=60, what="the lab recovered")
-        assert proc.poll() is None, proc.communicate()
+        try:
+            status = lab.wait_for(lambda s: any(d["name"] == "valves" and d["state"] == "running"
+                                                for d in s["devices"]), timeout=60, what="the lab recovered")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nup said: {said.read_text()}\nlab.log: "
+                                 f"{(lab.log_dir / 'lab.log').read_text()}") from None
+        assert proc.poll() is None, said.read_text()
         new_record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
         assert new_record["admin_pid"] != record["admin_pid"], status
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
-    assert "its keeper is taking over" in err
+    assert proc.returncode == 0, said.read_text()
+    assert "its keeper is taking over" in said.read_text()
     assert processes.wait_gone(lab.leftovers(), 5.0) == set() and processes.port_is_free(lab.port)
 
 

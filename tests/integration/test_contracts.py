@@ -46,7 +46,7 @@ driver = "sim-valves"
     assert lab.up().returncode == 0
     client = client_for(lab)
     context = client._context()
-    supervisor = client._supervisor(context)
+    supervisor = client._supervisor(context, 10.0)
     requests = [GetValveStates(), OpenValve("A"), OpenValve("Z"), Call("get_states"), GetValveStates(),
                 OpenValve("Z")]  # replies and failures (an unknown valve), from the device process
     stray, answers = [], []

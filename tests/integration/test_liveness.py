@@ -123,7 +123,7 @@ def test_thousands_of_abandoned_long_polls_cost_nothing(lab, client_for):
              "from labctl.actors.messages import GetEvents\n"
              "lab = connect(int(sys.argv[1]), key_file=sys.argv[2])\n"
              "context = lab._context()\n"
-             "supervisor = lab._supervisor(context)\n"
+             "supervisor = lab._supervisor(context, 10.0)\n"
              "for _ in range(5000):\n"
              "    context.tell(supervisor, GetEvents(10**9, 1e6, request_id=uuid.uuid4().hex))\n"
              "os._exit(0)\n")
