@@ -25,7 +25,7 @@ from . import labkey, processes
 from .errors import (BadArgument, DeviceError, DeviceUnavailable, DriverError, LabError, LabNotReady, LabNotRunning,
                      LabTimeout, UnknownDevice, UnknownMessage)
 from .handles import DeviceHandle, make_handle
-from .laneclient import Lanes, NotTaken, Stream
+from .laneclient import Lanes, Notices, NotTaken, Stream
 from .messages import (DescribeDevice, DeviceDescription, DeviceRequest, Events, Failure, GetEvents, GetLabStatus,
                        LabStatus, Reply, Request, RestartDevice, StopLab)
 
@@ -46,7 +46,8 @@ def default_port() -> int:
 
 
 def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
-            key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True) -> LabClient:
+            key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True,
+            via_supervisor: bool = True) -> LabClient:
     """Connect to the lab on `port` (default $LABCTL_PORT, else 1900) with its key (`key_file`, else
     $LABCTL_KEY_FILE, else the one `labctl up` keeps in the run folder); LabNotRunning if none
     answers, NotAuthorised without the key.
@@ -56,23 +57,28 @@ def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: flo
     from another; "unix" or "tcp" force one; "off" sends everything through the supervisor.
 
     With `attach=False` the lab's admin is first contacted when a request needs the supervisor: a
-    device request whose lane is published in the run folder then needs no actor runtime at all."""
+    device request whose lane is published in the run folder then needs no actor runtime at all.
+    With `via_supervisor=False` it never does: device requests go by the lanes published in the run
+    folder only (a lab's own gateway, running inside an actor process, uses this)."""
     return LabClient(default_port() if port is None else port, address=address, timeout=timeout, key_file=key_file,
-                     lane=lane, attach=attach)
+                     lane=lane, attach=attach and via_supervisor, via_supervisor=via_supervisor)
 
 
 class LabClient:
     """A connection to a running lab. Devices are attributes: `lab.valves.open("A")`."""
 
     def __init__(self, port: int, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
-                 key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True) -> None:
+                 key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True,
+                 via_supervisor: bool = True) -> None:
         self.port = port
         self.address = address
         self.timeout = timeout
         if not processes.port_answers(port, address):
             raise LabNotRunning(f"no lab is running on port {port}")
         self._key = labkey.for_lab(port, key_file)
-        self._lanes = Lanes(self, self._key, lane or os.environ.get("LABCTL_LANE") or "auto")
+        self._via_supervisor = via_supervisor
+        self._lanes = Lanes(self, self._key, lane or os.environ.get("LABCTL_LANE") or "auto",
+                            published_only=not via_supervisor)
         self._attached = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -146,7 +152,11 @@ class LabClient:
             try:
                 return self._result(self._lanes.request(message, timeout))
             except NotTaken:
-                pass  # nothing was sent: the supervisor carries it
+                if not self._via_supervisor:
+                    raise DeviceUnavailable(f"{message.device}: no lane to it is published (not running?); "
+                                            f"{type(message).__name__} was not sent", message.device,
+                                            "DeviceUnavailable") from None
+                # nothing was sent: the supervisor carries it
         return self._ask(message, timeout)
 
     def _ask(self, message: Request, timeout: float) -> Any:
@@ -201,6 +211,11 @@ class LabClient:
         if not isinstance(message, Request):
             raise TypeError(f"expected a labctl message such as OpenValve('A'), got {message!r}")
         return self.request(attrs.evolve(message, device=device), timeout)
+
+    def notices(self, device: str, timeout: float | None = None) -> Notices:
+        """A device's changes as it reports them (valves moved or locked, setpoints, links): iterate
+        for Notice messages, each waited for up to `timeout` s (None: as long as it takes)."""
+        return Notices(self._lanes, device, timeout)
 
     def stream(self, device: str, n: int | None = None, timeout: float | None = None) -> Stream:
         """A camera's frames as it produces them (`n` of them, or until closed): iterate for Images

@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
-from labctl.hardware import Device, remote_methods
+from labctl.hardware import Device, ValveController, remote_methods
 
 from . import building, families, logs, processes, runstate
 from .actorsystem import PlacedActor
@@ -159,6 +159,9 @@ class DeviceHost(PlacedActor):
             for device in spec.devices:
                 with logs.driving(device.name):
                     self.construct(device, spec.candidates.get(device.name), spec.run_dir)
+            for name, locks in spec.locks.items():
+                if locks and isinstance(self.drivers.get(name), ValveController):
+                    self.drivers[name]._restore_locks(locks)
             descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
             self.methods = {name: remote_methods(driver) for name, driver in self.drivers.items()}
         except Exception as exc:
@@ -173,6 +176,7 @@ class DeviceHost(PlacedActor):
         signal.setitimer(signal.ITIMER_REAL, 0)
         self.worker = Worker()
         self.open_lane()
+        self.attach_lab()
         for name, driver in list(self.drivers.items()):
             # Drivers report changes from the worker thread: hand them over to be sent from here.
             driver.subscribe(lambda event, detail, name=name: self.worker.post(Notice(name, event, dict(detail))))
@@ -198,6 +202,19 @@ class DeviceHost(PlacedActor):
             log.exception("could not open the lane; clients reach this device through the supervisor only")
             return
         self.wakeupAfter(timedelta(seconds=LANE_REPORT_S), payload="lanes")
+
+    def attach_lab(self) -> None:
+        """Give drivers that are clients of the lab (a gateway) a client of it: by the lanes published
+        in the run folder only, never through the actor system this process is part of."""
+        for name, driver in self.owned:
+            if hasattr(driver, "attach_lab"):
+                from .client import connect
+
+                with logs.driving(name):
+                    try:
+                        driver.attach_lab(connect(self.spec.lab_port, via_supervisor=False))
+                    except Exception:
+                        log.exception("%s could not be given a client of the lab", name)
 
     def construct(self, spec, candidate: int | None, run_dir: str) -> None:
         """Build one configured device's driver or a factory's drivers (its emulator first, if any)."""
@@ -353,7 +370,13 @@ class DeviceHost(PlacedActor):
                     job.limit = item.seconds
                     self.arm_limit()
             else:
-                self.send(self.supervisor, DeviceNotice(self.unit, item.device, item.event, item.detail))
+                self.tell(item.device, item.event, item.detail)
+
+    def tell(self, device: str, kind: str, detail: dict) -> None:
+        """A device's change: to the supervisor (events, registry) and to the lane's subscribers."""
+        self.send(self.supervisor, DeviceNotice(self.unit, device, kind, detail))
+        if self.desk is not None:
+            self.desk.notice(device, kind, detail, time.time())
 
     def finished(self, outcome: Outcome) -> None:
         """Send a finished call's reply; follow its link going down or coming back."""
@@ -365,7 +388,7 @@ class DeviceHost(PlacedActor):
             attempts = self.degraded.pop(owner) + 1
             with logs.driving(owner):
                 log.info("link restored after %d attempts", attempts)
-            self.send(self.supervisor, DeviceNotice(self.unit, owner, "recovered", {"attempts": attempts}))
+            self.tell(owner, "recovered", {"attempts": attempts})
         elif outcome.link == "lost":
             self.link_lost(owner, outcome.detail)
         elif job.request is None:  # a reconnect attempt that failed
@@ -411,7 +434,7 @@ class DeviceHost(PlacedActor):
         self.degraded[owner] = 0
         with logs.driving(owner):
             log.warning("link lost: %s; reconnecting in the background", error)
-        self.send(self.supervisor, DeviceNotice(self.unit, owner, "degraded", {"error": error}))
+        self.tell(owner, "degraded", {"error": error})
         self.wakeupAfter(timedelta(seconds=RECONNECT_FIRST_S), payload=("reconnect", owner))
 
     def wakeup(self, payload) -> None:

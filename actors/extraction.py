@@ -211,6 +211,10 @@ class ExtractionLine:
             try:
                 reply = self.lab.send(valve.device, message(valve.name))
             except LabError as exc:
+                if verb in ("open", "close") and getattr(exc, "error_type", "") == "ValveLocked":
+                    # Pychron's scripts: a software-locked valve that did not move is not a failure
+                    log.info("%s %s: locked, not moved", verb, valve.label())
+                    return "locked"
                 log.warning("%s %s failed: %s", verb, valve.label(), exc)
                 raise
             finally:

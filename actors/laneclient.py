@@ -93,7 +93,7 @@ class Channel:
 class Lanes:
     """The lanes of one LabClient: where each device serves, and each thread's connections."""
 
-    def __init__(self, client, key: bytes, mode: str = "auto") -> None:
+    def __init__(self, client, key: bytes, mode: str = "auto", published_only: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"lane must be one of {', '.join(MODES)}, got {mode!r}")
         self.client = client
@@ -104,9 +104,10 @@ class Lanes:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.read_published = False
+        self.published_only = published_only   # never ask the supervisor: read the published lanes again
 
-    def published(self) -> None:
-        """Take in the lanes the supervisor publishes in the run folder (on its machine), once."""
+    def published(self, replace: bool = False) -> None:
+        """Take in the lanes the supervisor publishes in the run folder (on its machine)."""
         self.read_published = True
         from . import runstate
 
@@ -118,17 +119,22 @@ class Lanes:
             return  # none here (another machine's lab), or unreadable: the supervisor is asked
         with self.lock:
             for name, lane in table.items():
-                self.table.setdefault(name, lane)
+                if replace:
+                    self.table[name] = lane
+                else:
+                    self.table.setdefault(name, lane)
 
     # -- where ------------------------------------------------------------------------------
 
     def lane_of(self, device: str, timeout: float, refresh: bool = False) -> Lane | None:
         """The device's lane, asked of the supervisor the first time (and after its process changed)."""
-        if not refresh and not self.read_published:
+        if self.published_only and (refresh or device not in self.table):
+            self.published(replace=True)
+        elif not refresh and not self.read_published:
             self.published()
         with self.lock:
-            lane = None if refresh else self.table.get(device)
-        if lane is None:
+            lane = None if refresh and not self.published_only else self.table.get(device)
+        if lane is None and not self.published_only:
             try:
                 lanes = self.client._ask(GetLanes(device=device, request_id=os.urandom(16).hex()), timeout)
             except DeviceError:  # unknown, or not running: the supervisor's path says so in the request's words
@@ -235,6 +241,8 @@ class Lanes:
         """The failure for a request whose connection dropped in flight, in the supervisor's words (how
         the process ended: killed, hung, crashed) when it can say; it is never sent again."""
         try:
+            if self.published_only:
+                raise LabError("no supervisor to ask")
             return self.client._ask(WhyEnded(device=message.device, request_id=os.urandom(16).hex(), pid=pid,
                                              message=type(message).__name__), WHY_TIMEOUT_S)
         except LabError as error:
@@ -264,6 +272,71 @@ class Lanes:
         self.reader().close()
 
 
+def subscribe(lanes: Lanes, device: str, timeout: float) -> Channel:
+    """A connection of its own to the device's process, subscribed to its frames or changes."""
+    for attempt in range(2):
+        lane = lanes.lane_of(device, timeout, refresh=attempt > 0)
+        kind = lanes.kind_for(lane) if lane is not None else None
+        if kind is None:
+            raise LabError(f"{device}: subscribing needs a lane to the device's process, and none is usable "
+                           f"(lane mode {lanes.mode!r})")
+        try:
+            channel = Channel(lane, kind, lanes.key, timeout)
+            break
+        except (OSError, lanewire.WireError) as exc:
+            lanes.forget(lane)   # that process is gone: its device has a new one, or none yet
+            error = exc
+    else:
+        raise DeviceUnavailable(f"{device}: its process cannot be reached ({type(error).__name__}: {error}); "
+                                "it may be restarting", device, "DeviceUnavailable", "", "restarting")
+    try:
+        channel.send(Subscribe(device=device, request_id=os.urandom(8).hex()))
+        reply = channel.receive(timeout)
+        if isinstance(reply, Failure):
+            lanes.client._result(reply)   # raises the failure's error
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
+class Notices:
+    """A device's changes as it reports them (valve moved or locked, setpoint, link lost, refused
+    actuation), on a connection of their own; iterate for Notice messages. DeviceUnavailable when
+    the device's process ends (subscribe again once it runs)."""
+
+    def __init__(self, lanes: Lanes, device: str, timeout: float | None = None) -> None:
+        self.device, self.timeout = device, timeout
+        self.channel = subscribe(lanes, device, timeout or lanes.client.timeout)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            message = self.channel.receive(self.timeout)
+        except (socket.timeout, TimeoutError):
+            raise LabTimeout(f"{self.device}: no change within {self.timeout:g} s") from None
+        except (ConnectionError, OSError, lanewire.WireError) as exc:
+            self.close()
+            raise DeviceUnavailable(f"{self.device}: its process closed the subscription ({type(exc).__name__}: "
+                                    f"{exc})", self.device, "ProcessEnded", "", "restarting") from None
+        if isinstance(message, StreamEnd):
+            self.close()
+            raise DeviceUnavailable(message.message, self.device, message.error_type, "", "stopped")
+        return message
+
+    def close(self) -> None:
+        """End the subscription."""
+        self.channel.close()
+
+    def __enter__(self) -> Notices:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Stream:
     """A camera's frames as it produces them, on a connection of their own.
 
@@ -279,17 +352,7 @@ class Stream:
         self.backlog: list[StreamFrame] = []
         self.newest: SharedFrame | None = None
         self.reader = RingReader()
-        lane = lanes.lane_of(device, timeout)
-        kind = lanes.kind_for(lane) if lane is not None else None
-        if kind is None:
-            raise LabError(f"{device}: streams need a lane to the device's process, and none is usable "
-                           f"(lane mode {lanes.mode!r})")
-        self.channel = Channel(lane, kind, lanes.key, timeout)
-        self.channel.send(Subscribe(device=device, request_id=os.urandom(8).hex()))
-        reply = self.channel.receive(timeout)
-        if isinstance(reply, Failure):
-            self.close()
-            lanes.client._result(reply)   # raises the failure's error
+        self.channel = subscribe(lanes, device, timeout)
 
     def __iter__(self):
         return self

@@ -12,7 +12,7 @@ import logging
 
 from .framering import FrameRing, SharedFrame
 from .lanes import Conn, LaneServer
-from .messages import Failure, FramesTaken, Image, Reply, Request, StreamEnd, StreamFrame, Subscribe
+from .messages import Failure, FramesTaken, Image, Notice, Reply, Request, StreamEnd, StreamFrame, Subscribe
 from .protocol import Deliver, LaneDone
 
 log = logging.getLogger("labctl.lanes")
@@ -58,14 +58,24 @@ class LaneDesk:
         return deliveries
 
     def subscribe(self, conn: Conn, message: Subscribe) -> None:
-        """Send this connection every frame the camera produces from now on."""
-        if message.device not in self.cameras:
-            conn.send(Failure(message.request_id, "unknown_message", "UnknownMessage",
-                              f"{message.device!r} is not a camera of this process: it has no frames to stream",
-                              message.device))
+        """Send this connection every frame the camera produces from now on (another device: its changes)."""
+        if message.device in self.cameras:
+            conn.streams[message.device] = 0   # frames in flight to it
+        elif message.device in self.server.lane.devices:
+            conn.notices.add(message.device)
+        else:
+            conn.send(Failure(message.request_id, "unknown_device", "UnknownDevice",
+                              f"no device {message.device!r} in this process; it has: "
+                              f"{', '.join(self.server.lane.devices)}", message.device))
             return
-        conn.streams[message.device] = 0   # frames in flight to it
         conn.send(Reply(message.request_id, True))
+
+    def notice(self, device: str, kind: str, detail: dict, when: float) -> None:
+        """Hand a device's change to the connections that subscribed to it (and to its controller's)."""
+        owner = device.split(".")[0]
+        for conn in self.server.conns.values():
+            if device in conn.notices or owner in conn.notices:
+                conn.send(Notice(device, kind, detail, when))
 
     def subscribers(self, device: str) -> list[Conn]:
         return [conn for conn in self.server.conns.values() if device in conn.streams]

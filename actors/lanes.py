@@ -108,6 +108,7 @@ class Conn:
         self.broken: str = ""                 # why it must be closed, set by the writer thread too
         self.in_flight = 0
         self.streams: dict[str, int] = {}     # cameras whose frames it is sent -> frames not yet taken in
+        self.notices: set[str] = set()        # devices whose changes it is sent
         self.fd = sock.fileno()
         self.uid = -1
         self.peer = self._peer()

@@ -388,7 +388,8 @@ class WhyEnded(Request):
 
 @frozen
 class Subscribe(Request):
-    """On a lane: send me every frame this camera produces, as a Stream message, from now on."""
+    """On a lane: send me every frame this camera produces (StreamFrame), or every change this
+    other device reports (Notice), from now on."""
 
 
 @frozen
@@ -405,6 +406,16 @@ class StreamFrame:
     device: str
     frame: int
     image: Any
+
+
+@frozen
+class Notice:
+    """On a lane: a change a subscribed device reported (a valve moved or was locked, a setpoint, a
+    link lost, a refused actuation), as it happened."""
+    device: str
+    kind: str
+    detail: dict
+    time: float
 
 
 @frozen

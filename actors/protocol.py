@@ -25,6 +25,7 @@ class StartUnit:
     supervisor_pid: int = 0             # a process whose parent this is needs no watchdog on its silence
     log_dir: str = ""                   # where a process on the supervisor's machine writes its logs
     lab_port: int = 0                   # names the lab's frame rings in shared memory
+    locks: dict = attrs.field(factory=dict)   # device -> {valve: locked}, kept from earlier runs
 
 
 @frozen

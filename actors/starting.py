@@ -53,10 +53,11 @@ class Starts:
             self.impossible(unit, f"cannot create a process on host {unit.spec.host!r}: {exc}")
             return
         unit.new_process(address, local_child_pid(self.actor, address))
-        sup = unit.supervision
-        self.actor.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup, self.actor.run_dir,
-                                     self.actor.lab.max_argument_bytes, os.getpid(), self.actor.lab.log_dir,
-                                     self.actor.lab.port))
+        sup, lab = unit.supervision, self.actor.lab
+        locks = {device.name: self.actor.locks.of(device.name) for device in unit.spec.devices}
+        self.actor.send(address, StartUnit(unit.name, unit.incarnation, unit.spec.devices, candidates, sup,
+                                           self.actor.run_dir, lab.max_argument_bytes, os.getpid(), lab.log_dir,
+                                           lab.port, locks))
         self.actor.after(sup.init_timeout_s + INIT_GRACE_S, InitTimeout(unit.name, unit.incarnation))
 
     def ended(self, unit: UnitState) -> None:

@@ -29,6 +29,7 @@ from .probing import Probing
 from .registry import Phase, Registry, UnitState
 from .routing import Router
 from .starting import Starts
+from .valvelocks import ValveLocks
 from .timers import (Beat, EventsDue, ExitRecheck, InitTimeout, Launch, ReapDeadline, ReapTimeout, StopTimeout,
                      LanesDue, WhyDue)
 
@@ -43,7 +44,7 @@ class Supervisor(Actor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         logs.adopt_inherited_loggers()  # this module's loggers were made in the keeper, before the fork
-        self.lab = self.registry = self.router = self.liveness = self.probing = self.starts = None
+        self.lab = self.registry = self.router = self.liveness = self.probing = self.starts = self.locks = None
         self.events = EventFeed(self)
         self.keeper_pid = 0
         self.run_dir = ""
@@ -108,6 +109,7 @@ class Supervisor(Actor):
             self.router, self.probing = Router(self, self.registry), Probing(self, self.registry)
             self.liveness = Liveness(self, self.registry, self.run_dir)
             self.starts = Starts(self)
+            self.locks = ValveLocks(self.lab.log_dir)
             log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),
                      len(self.registry.units))
             logs.write_locally(self.lab.log_dir)
@@ -131,6 +133,8 @@ class Supervisor(Actor):
 
     def device_notice(self, notice: DeviceNotice) -> None:
         """A device's own change, or its link or memory: noted in the registry, then an event."""
+        if notice.kind == "valve_lock":
+            self.locks.note(notice.device, notice.detail.get("valve", ""), notice.detail.get("locked", False))
         if self.registry.note(notice):
             self.events.event(notice.device, notice.kind, **notice.detail)
 

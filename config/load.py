@@ -13,6 +13,9 @@ from typing import Any
 
 import attrs
 
+from labctl.hardware import HardwareError, ValveController
+from labctl.hardware.interfaces import parse_valve_rules
+
 from .drivers import DriverNotFound, check_arguments, is_floating, resolve_driver, resolve_factory
 from .errors import ConfigError, Problem
 from .imports import check_imports, untrusted_modules
@@ -318,6 +321,11 @@ class _Checker:
             return driver, factory
         for key, problem in check_arguments(target, conf, supplied):
             self.problem(f"{path}.conf" + (f".{key}" if key else ""), problem)
+        if isinstance(target, type) and issubclass(target, ValveController) and "valves" in conf:
+            try:  # the safety rules too: an interlock naming no valve of the controller, say
+                parse_valve_rules(conf["valves"])
+            except HardwareError as exc:
+                self.problem(f"{path}.conf.valves", str(exc))
         floating = driver is not None and is_floating(target)
         if floating and uid is None:
             self.problem(f"{path}.uid", f"{target.__name__} is a floating driver: give the uid (serial number) "

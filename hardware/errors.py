@@ -21,6 +21,10 @@ class ValveLocked(HardwareError):
     """A locked valve was asked to move."""
 
 
+class InterlockRefused(HardwareError):
+    """A valve may not move now: an interlock is open, a positive interlock closed, or another owns it."""
+
+
 class NotPresent(HardwareError):
     """A floating unit with the requested id is not connected."""
 

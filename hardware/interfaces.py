@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HardwareError, OutOfRange, UnknownName, ValveLocked
+from .errors import HardwareError, InterlockRefused, OutOfRange, UnknownName, ValveLocked
 
 # Methods that belong to a driver's lifecycle, not to what a client may ask of it.
 LIFECYCLE_METHODS = frozenset(
@@ -168,11 +168,17 @@ class Device(abc.ABC):
 
 
 class ValveController(Device):
-    """Named valves that open and close; a locked valve refuses to move."""
+    """Named valves that open and close, under Pychron's safety model: a valve with `interlocks`
+    opens only while they are all closed, one with `positive_interlocks` only while they are all
+    open, a locked valve does not move, and a valve with an `owner` moves only for that requester
+    (the gateway passes a client's address; labctl's own clients hold the lab key and own the lab).
+    The rules are checked here, in the device's process, where every way of actuating passes and
+    where actuations run one at a time: two requests can never both pass a check that the
+    other's success would have failed."""
 
     def __init__(self, valves: Mapping[str, Any] | Iterable[str]) -> None:
-        self._channels, self._descriptions = parse_valve_table(valves)
-        self._locked: set[str] = set()
+        self._channels, self._descriptions, self._rules = parse_valve_rules(valves)
+        self._locked: set[str] = {name for name, rules in self._rules.items() if rules.get("locked")}
 
     def valve_names(self) -> list[str]:
         """The valves' names, in configured order."""
@@ -200,19 +206,68 @@ class ValveController(Device):
 
     def lock(self, valve: str) -> bool:
         """Soft-lock a valve so that it refuses to move; returns True."""
-        self._locked.add(self._valve(valve))
+        valve = self._valve(valve)
+        self._locked.add(valve)
         self._notify("valve_lock", valve=valve, locked=True)
         return True
 
     def unlock(self, valve: str) -> bool:
         """Release a soft lock; returns False (not locked)."""
-        self._locked.discard(self._valve(valve))
+        valve = self._valve(valve)
+        self._locked.discard(valve)
         self._notify("valve_lock", valve=valve, locked=False)
         return False
 
     def is_locked(self, valve: str) -> bool:
         """Whether a valve is soft-locked."""
         return self._valve(valve) in self._locked
+
+    def get_locks(self) -> dict[str, bool]:
+        """Every valve's soft lock, by name."""
+        return {name: name in self._locked for name in self._channels}
+
+    def _restore_locks(self, locks: Mapping[str, bool]) -> None:
+        # The lock states kept from an earlier run (they outlive the process and the lab); called by
+        # the device's process after construction, not by clients.
+        for name, locked in locks.items():
+            if name in self._channels:
+                (self._locked.add if locked else self._locked.discard)(name)
+
+    def valve_rules(self) -> dict[str, dict]:
+        """Each valve's interlocks, positive interlocks and owner, as configured."""
+        return {name: {"interlocks": list(self._rules.get(name, {}).get("interlocks", ())),
+                       "positive_interlocks": list(self._rules.get(name, {}).get("positive_interlocks", ())),
+                       "owner": self._rules.get(name, {}).get("owner", "")} for name in self._channels}
+
+    def actuate(self, valve: str, open_: bool, requester: str = "") -> bool:
+        """Open or close a valve for `requester` (an address, '' for the lab's own clients): True
+        once it is in that state (moved, or already so), False when it was acceptably left alone
+        (locked; or a close while an interlock is open and it is already closed); InterlockRefused
+        or a HardwareError when it could not move."""
+        valve = self._valve(valve)
+        if valve in self._locked:
+            return False
+        owner = self._rules.get(valve, {}).get("owner", "")
+        if owner and requester and requester != owner:
+            self._refuse(valve, open_, f"valve {valve} is owned by {owner}")
+        interlocks = self._rules.get(valve, {}).get("interlocks", ())
+        open_interlocks = [name for name in interlocks if self._do_get(name)]
+        if open_ and open_interlocks:
+            self._refuse(valve, open_, f"interlock {', '.join(open_interlocks)} is open")
+        if not open_ and open_interlocks:
+            if not self._do_get(valve):
+                return False
+            self._refuse(valve, open_, f"interlock {', '.join(open_interlocks)} is open")
+        closed = [name for name in self._rules.get(valve, {}).get("positive_interlocks", ()) if not self._do_get(name)]
+        if open_ and closed:
+            self._refuse(valve, open_, f"positive interlock {', '.join(closed)} is closed")
+        self._do_set(valve, open_)
+        self._notify("valve", valve=valve, state=valve_state(open_))
+        return True
+
+    def _refuse(self, valve: str, open_: bool, why: str) -> None:
+        self._notify("valve_refused", valve=valve, action="open" if open_ else "close", reason=why)
+        raise InterlockRefused(f"valve {valve} may not {'open' if open_ else 'close'}: {why}")
 
     def status(self) -> dict[str, Any]:
         return {"states": self.get_states(), "locked": sorted(self._locked)}
@@ -224,10 +279,10 @@ class ValveController(Device):
         valve = self._valve(valve)
         if valve in self._locked:
             raise ValveLocked(f"valve {valve} is locked; unlock it before it can {'open' if want_open else 'close'}")
-        self._do_set(valve, want_open)
-        state = valve_state(want_open)
-        self._notify("valve", valve=valve, state=state)
-        return state
+        if not self.actuate(valve, want_open):
+            # Left alone: closing a closed valve while an interlock is open (Pychron's rule).
+            return valve_state(self._do_get(valve))
+        return valve_state(want_open)
 
     @abc.abstractmethod
     def _do_set(self, valve: str, open_: bool) -> None:
@@ -241,6 +296,39 @@ class ValveController(Device):
 def valve_state(is_open: bool) -> str:
     """'open' or 'closed', the words every valve controller answers with."""
     return "open" if is_open else "closed"
+
+
+RULE_KEYS = ("interlocks", "positive_interlocks", "locked", "owner")
+
+
+def parse_valve_rules(valves: Mapping[str, Any] | Iterable[str]) -> tuple[dict[str, int], dict[str, str], dict]:
+    """parse_valve_table, plus each valve's safety rules: {name: {interlocks, positive_interlocks,
+    locked, owner}}; an interlock must name a valve of the same controller."""
+    rules: dict[str, dict] = {}
+    plain = valves
+    if isinstance(valves, Mapping):
+        plain = {}
+        for name, spec in valves.items():
+            if isinstance(spec, Mapping):
+                rules[str(name)] = {k: spec[k] for k in RULE_KEYS if k in spec}
+                spec = {k: v for k, v in spec.items() if k not in RULE_KEYS}
+            plain[name] = spec
+    channels, descriptions = parse_valve_table(plain)
+    for name, rule in rules.items():
+        for key in ("interlocks", "positive_interlocks"):
+            names = rule.get(key, [])
+            if isinstance(names, str) or not isinstance(names, Iterable):
+                raise HardwareError(f"valve {name}: {key} must be a list of valve names, got {names!r}")
+            unknown = [str(n) for n in names if str(n) not in channels]
+            if unknown:
+                raise HardwareError(f"valve {name}: {key} names {', '.join(unknown)}, not a valve of this "
+                                    f"controller (valves: {', '.join(channels)})")
+            rule[key] = tuple(str(n) for n in names)
+        if not isinstance(rule.get("locked", False), bool):
+            raise HardwareError(f"valve {name}: locked must be true or false, got {rule['locked']!r}")
+        if not isinstance(rule.get("owner", ""), str):
+            raise HardwareError(f"valve {name}: owner must be an address (text), got {rule['owner']!r}")
+    return channels, descriptions, rules
 
 
 def parse_valve_table(valves: Mapping[str, Any] | Iterable[str]) -> tuple[dict[str, int], dict[str, str]]:
@@ -257,7 +345,8 @@ def parse_valve_table(valves: Mapping[str, Any] | Iterable[str]) -> tuple[dict[s
         if isinstance(spec, Mapping):
             unknown = set(spec) - {"channel", "description"}
             if unknown or "channel" not in spec:
-                raise HardwareError(f"valve {name}: expected {{channel = N, description = \"...\"}}, got {dict(spec)!r}")
+                raise HardwareError(f"valve {name}: expected {{channel = N, description = \"...\", interlocks = [...], "
+                                    f"positive_interlocks = [...], locked = false, owner = \"...\"}}, got {dict(spec)!r}")
             channel, descriptions[str(name)] = spec["channel"], str(spec.get("description", ""))
         else:
             channel = spec

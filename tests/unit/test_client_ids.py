@@ -46,6 +46,7 @@ def client_with(script, timeout: float = 2.0) -> tuple[LabClient, FakeContext]:
     client._descriptions, client._handles, client._names = {}, {}, None
     client._local.context = context
     client._lanes = Lanes(client, b"k" * 32, "off")   # everything through the (fake) supervisor
+    client._via_supervisor = True
     return client, context
 
 

@@ -88,8 +88,9 @@ class Tricky(ValveController):
         return self._open[valve]
 
 
-INTERFACE = {"valve_names", "describe_valves", "open", "get_state", "lock", "unlock", "status"}
-REFUSED = ["peek", "make", "temperature", "get_states", "is_locked", "close", "extra", "slow_extra", "label",
+INTERFACE = {"valve_names", "describe_valves", "open", "get_state", "lock", "unlock", "status", "get_locks",
+             "valve_rules", "actuate"}
+REFUSED = ["peek", "make", "_restore_locks", "temperature", "get_states", "is_locked", "close", "extra", "slow_extra", "label",
            "opener", "path_type", "_do_secret", "_do_set", "_open", "__reduce__", "__reduce_ex__",
            "__init_subclass__", "__class__", "__init__", "__getattribute__", "__setattr__", "__dict__",
            "__subclasshook__", "mro", "shutdown", "subscribe", "sub_devices", "reconnect"]

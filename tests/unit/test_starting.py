@@ -16,6 +16,7 @@ class FakeSupervisor:
     def __init__(self) -> None:
         self.created, self.stopping, self.run_dir, self._myRef = [], False, "/nonexistent", None
         self.lab = types.SimpleNamespace(max_argument_bytes=1 << 20, log_dir="/nonexistent", port=1)
+        self.locks = types.SimpleNamespace(of=lambda device: {})
 
     def createActor(self, cls, targetActorRequirements=None):
         self.created.append(object())
