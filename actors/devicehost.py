@@ -162,6 +162,9 @@ class DeviceHost(PlacedActor):
             for name, locks in spec.locks.items():
                 if locks and isinstance(self.drivers.get(name), ValveController):
                     self.drivers[name]._restore_locks(locks)
+            controllers = {name: d for name, d in self.drivers.items() if isinstance(d, ValveController)}
+            for controller in controllers.values():
+                controller._link_peers(controllers)   # interlocks on another controller of this process
             descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
             self.methods = {name: remote_methods(driver) for name, driver in self.drivers.items()}
         except Exception as exc:

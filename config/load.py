@@ -178,11 +178,42 @@ class _Checker:
         devices = self.devices(self.table(data, "", "devices"), defaults, group_supervision, group_of,
                                host or DEFAULT_HOST, hosts)
         self.check_groups(groups, {device.name: device for device in devices})
+        self.check_interlocks(devices, group_of)
         return Lab(name=name or "lab", file=str(Path(self.file).resolve()), port=port or 1900,
                    bind=bind or "127.0.0.1", log_dir=os.path.abspath(log_dir), host=host or DEFAULT_HOST,
                    hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups),
                    max_argument_bytes=max_argument_bytes or 1 << 20, key_file=key_file or "",
                    max_packet_mb=max_packet_mb or 64)
+
+    def check_interlocks(self, devices: list[Device], group_of: dict[str, Group]) -> None:
+        """An interlock on another controller's valve (`device:valve`) must name a valve that exists,
+        on a controller in the same shared group: one process, where actuations run one at a time."""
+        valves_of = {}
+        for device in devices:
+            valves = device.conf.get("valves") if isinstance(device.conf, dict) else None
+            if valves is not None:
+                try:
+                    valves_of[device.name] = parse_valve_rules(valves)
+                except HardwareError:
+                    continue  # reported with the device
+        for device in devices:
+            if device.name not in valves_of:
+                continue
+            for valve, rules in valves_of[device.name][2].items():
+                for key in ("interlocks", "positive_interlocks"):
+                    for name in rules.get(key, ()):
+                        if ":" not in name:
+                            continue
+                        other, other_valve = name.split(":", 1)
+                        path = f"devices.{device.name}.conf.valves.{valve}.{key}"
+                        if other not in valves_of or other_valve not in valves_of[other][0]:
+                            self.problem(path, f"{name}: no valve {other_valve!r} on a valve controller {other!r}")
+                            continue
+                        group, their = group_of.get(device.name), group_of.get(other)
+                        if other != device.name and (group is None or group is not their or group.process != "shared"):
+                            self.problem(path, f"{name} is on another controller: interlocked controllers must "
+                                               f"share a process, where their actuations run one at a time: "
+                                               f"[groups.NAME] devices = [\"{device.name}\", \"{other}\"]")
 
     def hosts(self, section: dict) -> dict[str, Host]:
         hosts = {}

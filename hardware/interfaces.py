@@ -251,19 +251,36 @@ class ValveController(Device):
         if owner and requester and requester != owner:
             self._refuse(valve, open_, f"valve {valve} is owned by {owner}")
         interlocks = self._rules.get(valve, {}).get("interlocks", ())
-        open_interlocks = [name for name in interlocks if self._do_get(name)]
+        open_interlocks = [name for name in interlocks if self._is_open(name)]
         if open_ and open_interlocks:
             self._refuse(valve, open_, f"interlock {', '.join(open_interlocks)} is open")
         if not open_ and open_interlocks:
             if not self._do_get(valve):
                 return False
             self._refuse(valve, open_, f"interlock {', '.join(open_interlocks)} is open")
-        closed = [name for name in self._rules.get(valve, {}).get("positive_interlocks", ()) if not self._do_get(name)]
+        closed = [name for name in self._rules.get(valve, {}).get("positive_interlocks", ())
+                  if not self._is_open(name)]
         if open_ and closed:
             self._refuse(valve, open_, f"positive interlock {', '.join(closed)} is closed")
         self._do_set(valve, open_)
         self._notify("valve", valve=valve, state=valve_state(open_))
         return True
+
+    def _link_peers(self, peers: Mapping[str, ValveController]) -> None:
+        # The other valve controllers of this process, for interlocks named `device:valve`. Only
+        # controllers sharing a process may interlock (the lab file enforces it): their actuations
+        # then run one at a time on the same thread, so a check and the move it allows are never
+        # split by another controller's move.
+        self._peers = dict(peers)
+
+    def _is_open(self, name: str) -> bool:
+        if ":" not in name:
+            return bool(self._do_get(name))
+        device, valve = name.split(":", 1)
+        peer = getattr(self, "_peers", {}).get(device)
+        if peer is None:
+            raise InterlockRefused(f"interlock {name} cannot be read: {device} is not in this process")
+        return bool(peer._do_get(peer._valve(valve)))
 
     def _refuse(self, valve: str, open_: bool, why: str) -> None:
         self._notify("valve_refused", valve=valve, action="open" if open_ else "close", reason=why)
@@ -319,10 +336,12 @@ def parse_valve_rules(valves: Mapping[str, Any] | Iterable[str]) -> tuple[dict[s
             names = rule.get(key, [])
             if isinstance(names, str) or not isinstance(names, Iterable):
                 raise HardwareError(f"valve {name}: {key} must be a list of valve names, got {names!r}")
-            unknown = [str(n) for n in names if str(n) not in channels]
+            # `device:valve` names a valve of another controller (which the lab file checks exists)
+            unknown = [str(n) for n in names if str(n) not in channels and ":" not in str(n)]
             if unknown:
                 raise HardwareError(f"valve {name}: {key} names {', '.join(unknown)}, not a valve of this "
-                                    f"controller (valves: {', '.join(channels)})")
+                                    f"controller (valves: {', '.join(channels)}; another controller's: "
+                                    f"'device:valve')")
             rule[key] = tuple(str(n) for n in names)
         if not isinstance(rule.get("locked", False), bool):
             raise HardwareError(f"valve {name}: locked must be true or false, got {rule['locked']!r}")

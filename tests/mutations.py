@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 C = "tests/integration/test_contracts.py::"
 L = "tests/integration/test_lanes.py::"
+P = "tests/integration/test_pychron_gateway.py::"
 INFLIGHT = C + "test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent"
 RESEND_SETUP = [
     ("actors/routing.py", "        self.inflight: dict[str, InFlight] = {}\n",
@@ -146,6 +147,15 @@ MUTANTS = [
     ("23", "`up` stops watching its admin while the devices start", [("bin/lifecycle.py",
         "                    keeper.watch_once(0)", "                    pass")],
      ["tests/integration/test_backbone.py::test_foreground_up_whose_admin_hangs_while_it_starts_recovers_and_keeps_running"]),
+    ("24", "a valve opens whatever its interlocks say", [("hardware/interfaces.py",
+        "        if open_ and open_interlocks:\n", "        if False:\n")],
+     [P + "test_every_valve_command_answers_as_pychron_does"]),
+    ("25", "valve locks are not kept across restarts", [("actors/devicehost.py",
+        "                    self.drivers[name]._restore_locks(locks)", "                    pass")],
+     [P + "test_locks_outlive_the_device_and_the_lab_and_refusals_are_events"]),
+    ("26", "an interlock on another controller is read as closed", [("hardware/interfaces.py",
+        "        return bool(peer._do_get(peer._valve(valve)))", "        return False")],
+     [P + "test_interlocks_across_controllers_of_one_process_never_both_pass"]),
 ]
 
 

@@ -230,3 +230,44 @@ conf = {{ host = "127.0.0.1", port = {port} }}
     finally:
         second.labctl("down")
         assert processes.wait_gone(second.leftovers(), 5.0) == set()
+
+
+def test_interlocks_across_controllers_of_one_process_never_both_pass(lab, client_for):
+    lab.write("""
+[devices.valves]
+driver = "sim-valves"
+[devices.valves.conf.valves]
+A = { channel = 0, interlocks = ["pipettes:P"] }
+[devices.pipettes]
+driver = "sim-valves"
+[devices.pipettes.conf.valves]
+P = { channel = 0, interlocks = ["valves:A"] }
+[groups.line]
+devices = ["valves", "pipettes"]
+""")
+    assert lab.up().returncode == 0
+    from labctl.actors.errors import DriverError
+    from labctl.actors.messages import CloseValve, GetValveState, OpenValve
+
+    first, second = client_for(lab), client_for(lab, lane="off")   # one by its lane, one through the supervisor
+    for _ in range(15):
+        first.send("valves", CloseValve("A"))
+        first.send("pipettes", CloseValve("P"))
+        outcomes, barrier = {}, threading.Barrier(2)
+
+        def open_(client, device, valve):
+            barrier.wait()
+            try:
+                outcomes[valve] = client.send(device, OpenValve(valve))
+            except DriverError as exc:
+                outcomes[valve] = exc.error_type
+
+        threads = [threading.Thread(target=open_, args=(first, "valves", "A")),
+                   threading.Thread(target=open_, args=(second, "pipettes", "P"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(outcomes.values()) == ["InterlockRefused", "open"], outcomes
+        states = [first.send("valves", GetValveState("A")), first.send("pipettes", GetValveState("P"))]
+        assert sorted(states) == ["closed", "open"]
