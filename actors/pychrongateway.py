@@ -5,9 +5,10 @@ It runs as a device of the lab (driver `pychron-gateway`: its own process, super
 in `labctl status`), and reaches the lab's devices by their lanes like any client, so every rule
 of the valve controllers (interlocks, locks, owners) applies to what it asks. One request per
 connection, reply then close, as Pychron's clients expect. What the StatusMonitor polls (states,
-locks, owners, checksums) is answered at once from what the gateway keeps, refreshed from the
-controllers every `poll_s` and at once after its own actuations, never queued behind a slow one;
-actuations run one at a time per device, on a thread per device.
+locks, owners, checksums) is answered at once from what the gateway keeps, never queued behind a
+slow actuation: it reads each controller's valves once, then follows the changes each controller's
+process pushes on its lane (and its own actuations' results); the furnace is read every `poll_s`.
+Actuations run one at a time per device, on a thread per device.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class PychronGateway(Device):
         self.lock = threading.Lock()               # guards the kept state between the threads
         self.workers: dict[str, ThreadPoolExecutor] = {}
         self.stopping = threading.Event()
+        self.subscriptions: dict[str, Any] = {}
         self.served = 0
         self.listener = socket.create_server((self.bind, self.port), backlog=512)
         self.listener.setblocking(False)
@@ -68,11 +70,17 @@ class PychronGateway(Device):
         self.lab = lab
         for name in {*self.controllers, *([self.furnace] if self.furnace else [])}:
             self.workers[name] = ThreadPoolExecutor(1, thread_name_prefix=f"labctl-gateway-{name}")
-        threading.Thread(target=self._poll_loop, name="labctl-gateway-poll", daemon=True).start()
+        for controller in self.controllers:
+            threading.Thread(target=self._follow, args=(controller,), name="labctl-gateway-follow",
+                             daemon=True).start()
+        if self.furnace:
+            threading.Thread(target=self._poll_furnace, name="labctl-gateway-poll", daemon=True).start()
         threading.Thread(target=self._serve, name="labctl-gateway", daemon=True).start()
 
     def _do_shutdown(self) -> None:
         self.stopping.set()
+        for subscription in list(self.subscriptions.values()):
+            subscription.close()
         for worker in self.workers.values():
             worker.shutdown(wait=False, cancel_futures=True)
         self.listener.close()
@@ -87,18 +95,35 @@ class PychronGateway(Device):
 
     # -- what it keeps -----------------------------------------------------------------------
 
-    def _poll_loop(self) -> None:
+    def _follow(self, controller: str) -> None:
+        """Keep a controller's valves current: subscribe to its changes first, then read them all (so
+        that no change falls between), then apply each change as it comes; again after a restart."""
+        from labctl.actors.errors import LabError
+
+        while not self.stopping.is_set():
+            try:
+                subscription = self.subscriptions[controller] = self.lab.notices(controller)
+                self._refresh(controller)
+                for notice in subscription:
+                    self._apply(notice)
+            except LabError as exc:  # not running yet, or restarting: its valves keep their last state
+                log.debug("following %s: %s", controller, exc)
+                self.stopping.wait(self.poll_s)
+
+    def _apply(self, notice) -> None:
+        with self.lock:
+            valve = notice.detail.get("valve")
+            if notice.kind == "valve" and valve in self.state:
+                self.state[valve] = notice.detail.get("state") == "open"
+            elif notice.kind == "valve_lock" and valve in self.locked:
+                self.locked[valve] = bool(notice.detail.get("locked"))
+
+    def _poll_furnace(self) -> None:
         while not self.stopping.wait(self.poll_s):
-            for controller in self.controllers:
-                try:
-                    self._refresh(controller)
-                except Exception as exc:  # not running yet, restarting: its valves keep their last state
-                    log.debug("polling %s: %s", controller, exc)
-            if self.furnace:
-                try:
-                    self._refresh_furnace()
-                except Exception as exc:
-                    log.debug("polling %s: %s", self.furnace, exc)
+            try:
+                self._refresh_furnace()
+            except Exception as exc:  # not running yet, restarting: the last values stay
+                log.debug("polling %s: %s", self.furnace, exc)
 
     def _refresh(self, controller: str) -> None:
         from labctl.actors.messages import Call, GetValveStates

@@ -271,3 +271,22 @@ devices = ["valves", "pipettes"]
         assert sorted(outcomes.values()) == ["InterlockRefused", "open"], outcomes
         states = [first.send("valves", GetValveState("A")), first.send("pipettes", GetValveState("P"))]
         assert sorted(states) == ["closed", "open"]
+
+
+def test_changes_made_by_other_clients_reach_the_gateways_answers(gateway_lab, client_for):
+    from labctl.actors.messages import LockValve, OpenValve
+
+    port, client = gateway_lab.gateway, client_for(gateway_lab)
+    client.send("valves", OpenValve("E"))
+    client.send("valves", LockValve("A"))
+    deadline = time.monotonic() + 5
+    while not (ask(port, "GetIndicatorState E\r") == "OK" and ask(port, "GetValveLockState A\r") == "OK"):
+        assert time.monotonic() < deadline, "the gateway never learnt of the other client's changes"
+        time.sleep(0.01)
+    kill(gateway_lab.pids()["valves"])   # a new process of the controller: followed again, from a full read
+    gateway_lab.wait_for(lambda s: any(d["name"] == "valves" and d["state"] == "running" for d in s["devices"]))
+    client.send("valves", OpenValve("B"))
+    deadline = time.monotonic() + 10
+    while ask(port, "GetIndicatorState B\r") != "OK":
+        assert time.monotonic() < deadline, "the gateway stopped following the restarted controller"
+        time.sleep(0.02)
