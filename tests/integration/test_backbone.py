@@ -213,18 +213,25 @@ conf = {{ journal = "{journal}" }}
 [devices.furnace]
 driver = "sim-furnace"
 """)
-    proc = lab.popen("up", lab.config)
+    said = lab.dir / "up.err"   # a file, not a pipe: nothing up writes can block it
+    with said.open("w") as err:
+        proc = subprocess.Popen([*lab.labctl_argv(), "up", str(lab.config)], cwd=lab.dir, env=lab.env,
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
-        lab.wait_for(lambda s: len(s["devices"]) == 2 and all(d["state"] == "running" for d in s["devices"]),
-                     what="lab running")
+        try:
+            lab.wait_for(lambda s: len(s["devices"]) == 2 and all(d["state"] == "running" for d in s["devices"]),
+                         what="lab running")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nup said: {said.read_text()}") from None
         device_pid = lab.pids()["valves"]
         began = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
         elapsed = time.monotonic() - began
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = said.read_text()
     assert proc.returncode == 0, err
     assert "stopped in" in err
     assert f"shutdown {device_pid}" in journal.read_text()  # the driver's shutdown ran
