@@ -30,10 +30,10 @@ RESEND_SETUP = [
      "        self.inflight: dict[str, InFlight] = {}\n        self.requests: dict = {}\n        self.resend: dict = {}\n"),
     ("actors/routing.py", "            self.inflight[request.request_id] = InFlight(",
      "            self.requests[request.request_id] = request\n            self.inflight[request.request_id] = InFlight("),
-    ("actors/supervisor.py", "        self.registry.learn_names(unit, message.devices)\n",
-     "        self.registry.learn_names(unit, message.devices)\n"
-     "        for request, sender in self.router.resend.pop(unit.name, []):\n"
-     "            self.router.route(request, sender)\n"),
+    ("actors/starting.py", "        self.actor.registry.learn_names(unit, message.devices)\n",
+     "        self.actor.registry.learn_names(unit, message.devices)\n"
+     "        for request, sender in self.actor.router.resend.pop(unit.name, []):\n"
+     "            self.actor.router.route(request, sender)\n"),
 ]
 KEEP_FOR_RESEND = ("                del self.inflight[request_id]\n",
                    "                del self.inflight[request_id]\n"
@@ -50,10 +50,10 @@ MUTANTS = [
         "            self.send(reply_to, reply)\n            self.send(reply_to, reply)\n")],
      [C + "test_every_request_gets_exactly_one_reply"]),
     ("3a", "in-flight requests of a crashed process never answered (fail_inflight does nothing)", [
-        ("actors/routing.py", "they are never re-sent to the next.\"\"\"\n",
-         "they are never re-sent to the next.\"\"\"\n        return\n")], [INFLIGHT]),
+        ("actors/routing.py", "connection drop with a request in flight are told the same.\"\"\"\n",
+         "connection drop with a request in flight are told the same.\"\"\"\n        return\n")], [INFLIGHT]),
     ("3b", "in-flight requests of a crashed process never answered (process_ended skips fail_inflight)", [
-        ("actors/supervisor.py", "        self.router.fail_inflight(unit, cause)\n", "")], [INFLIGHT]),
+        ("actors/supervisor.py", "        self.router.fail_inflight(unit, cause, pid)\n", "")], [INFLIGHT]),
     ("4a", "in-flight requests re-sent to the new process instead of failed", RESEND_SETUP + [
         ("actors/routing.py", KEEP_FOR_RESEND[0], KEEP_FOR_RESEND[1] + "                continue\n")], [INFLIGHT]),
     ("4b", "in-flight requests failed and also re-sent to the new process", RESEND_SETUP + [
@@ -156,6 +156,9 @@ MUTANTS = [
     ("26", "an interlock on another controller is read as closed", [("hardware/interfaces.py",
         "        return bool(peer._do_get(peer._valve(valve)))", "        return False")],
      [P + "test_interlocks_across_controllers_of_one_process_never_both_pass"]),
+    ("27", "the device host sends every lane reply twice", [("actors/lanedesk.py",
+        "        conn.send(reply)\n", "        conn.send(reply)\n        conn.send(reply)\n")],
+     [L + "test_each_request_on_the_lane_gets_exactly_one_reply"]),
 ]
 
 

@@ -110,7 +110,8 @@ max_restarts = 0
 
 # -- in-flight requests of a process that dies ------------------------------------------------
 
-def test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent(lab, client_for):
+@pytest.mark.parametrize("lane", ["off", "auto"])   # through the supervisor, and on the device's lane
+def test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent(lab, client_for, lane):
     journal = lab.dir / "journal.txt"
     lab.write(f"""
 [devices.valves]
@@ -119,7 +120,7 @@ conf = {{ journal = "{journal}", move_time_s = 3.0 }}
 backoff_s = 0.01
 """)
     assert lab.up().returncode == 0
-    client = client_for(lab)
+    client = client_for(lab, lane=lane)
     pid = lab.pids()["valves"]
     outcome: dict = {}
 

@@ -252,3 +252,25 @@ def test_labctl_send_reaches_a_published_lane_without_the_actor_runtime(lanes_la
     result = subprocess.run([sys.executable, "-c", code], cwd=lab.dir, env=lab.env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and "thespian loaded: True" in result.stderr, result.stderr
+
+
+def test_each_request_on_the_lane_gets_exactly_one_reply(lanes_lab, client_for):
+    from labctl.actors import labkey
+
+    client = client_for(lanes_lab)
+    lane = client.request(GetLanes(device="stage"))["stage"]
+    # A whole connection of our own: 20 requests sent at once, then every message read until quiet.
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(lane.unix)
+    lanewire.client_handshake(sock, labkey.for_lab(lanes_lab.port, lanes_lab.key_file))
+    wire = lanewire.Wire(None, server=False, max_bytes=1 << 20)
+    ids = [f"r{i}" for i in range(20)]
+    for i, rid in enumerate(ids):
+        lanewire.send_chunks(sock, wire.pack(MoveTo("x", float(i), device="stage", request_id=rid)))
+    replies = [wire.recv(sock) for _ in ids]
+    sock.settimeout(0.5)
+    with pytest.raises((TimeoutError, socket.timeout)):
+        wire.recv(sock)                      # nothing more: no reply was sent twice
+    sock.close()
+    assert [r.request_id for r in replies] == ids and [r.value for r in replies] == [float(i) for i in range(20)]
