@@ -45,7 +45,23 @@ def default_port() -> int:
         raise LabError(f"LABCTL_PORT must be a port number, got {value!r}") from None
 
 
-def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
+def default_address(port: int) -> str:
+    """Where the lab on `port` listens: $LABCTL_ADDRESS, else the bind address `labctl up` recorded
+    on this machine, else loopback."""
+    if os.environ.get("LABCTL_ADDRESS"):
+        return os.environ["LABCTL_ADDRESS"]
+    from . import runstate
+
+    try:
+        record = runstate.read(port)
+    except LabError:
+        record = None
+    bind = record.bind if record is not None else ""
+    # A lab bound to every interface answers on loopback too.
+    return bind if bind and bind != "0.0.0.0" else "127.0.0.1"
+
+
+def connect(port: int | None = None, *, address: str | None = None, timeout: float = DEFAULT_TIMEOUT,
             key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True,
             via_supervisor: bool = True) -> LabClient:
     """Connect to the lab on `port` (default $LABCTL_PORT, else 1900) with its key (`key_file`, else
@@ -60,18 +76,19 @@ def connect(port: int | None = None, *, address: str = "127.0.0.1", timeout: flo
     device request whose lane is published in the run folder then needs no actor runtime at all.
     With `via_supervisor=False` it never does: device requests go by the lanes published in the run
     folder only (a lab's own gateway, running inside an actor process, uses this)."""
-    return LabClient(default_port() if port is None else port, address=address, timeout=timeout, key_file=key_file,
+    port = default_port() if port is None else port
+    return LabClient(port, address=address or default_address(port), timeout=timeout, key_file=key_file,
                      lane=lane, attach=attach and via_supervisor, via_supervisor=via_supervisor)
 
 
 class LabClient:
     """A connection to a running lab. Devices are attributes: `lab.valves.open("A")`."""
 
-    def __init__(self, port: int, address: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, port: int, address: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  key_file: str | os.PathLike | None = None, lane: str | None = None, attach: bool = True,
                  via_supervisor: bool = True) -> None:
         self.port = port
-        self.address = address
+        self.address = address = address or default_address(port)
         self.timeout = timeout
         if not processes.port_answers(port, address):
             raise LabNotRunning(f"no lab is running on port {port}")

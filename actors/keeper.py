@@ -106,7 +106,8 @@ class Keeper:
         self.record = runstate.LabRecord.of(
             self.lab.port, self.lab.name, self.lab.file, self.lab.log_dir, reply.value["admin_pid"],
             reply.value["pid"], self.detached,
-            stop_timeout_s=max((d.supervision.stop_timeout_s for d in self.lab.devices), default=1.0))
+            stop_timeout_s=max((d.supervision.stop_timeout_s for d in self.lab.devices), default=1.0),
+            bind=self.lab.bind)
         runstate.write(self.record)
 
     # -- watch ------------------------------------------------------------------------------

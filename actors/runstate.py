@@ -77,6 +77,7 @@ class LabRecord:
     admin_pid: int = 0
     supervisor_pid: int = 0
     session: int = 0          # the admin's session (the admin calls setsid): every local process of the lab
+    bind: str = "127.0.0.1"   # the address the lab listens on: where this machine's clients reach it
     detached: bool = False
     keeper_started: int = 0   # start times (clock ticks since boot): a reused pid is not the same process
     admin_started: int = 0
@@ -85,12 +86,12 @@ class LabRecord:
 
     @classmethod
     def of(cls, port: int, lab: str, config: str, log_dir: str, admin_pid: int, supervisor_pid: int = 0,
-           detached: bool = False, stop_timeout_s: float = 1.0) -> LabRecord:
+           detached: bool = False, stop_timeout_s: float = 1.0, bind: str = "127.0.0.1") -> LabRecord:
         """The record of a lab this process keeps: pids, with the start times and session that
         identify them later."""
         keeper = os.getpid()
         return cls(port=port, lab=lab, config=config, log_dir=log_dir, keeper_pid=keeper, admin_pid=admin_pid,
-                   supervisor_pid=supervisor_pid, session=processes.session_of(admin_pid) or 0,
+                   supervisor_pid=supervisor_pid, session=processes.session_of(admin_pid) or 0, bind=bind,
                    detached=detached,
                    keeper_started=processes.start_time(keeper) or 0,
                    admin_started=processes.start_time(admin_pid) or 0,

@@ -21,7 +21,7 @@ class ScriptLab(LabClient):
     `guard` is entered around every request (the runner defers Ctrl-C in it). With `dry_run`,
     every command is checked against the lab's descriptions and printed instead of sent."""
 
-    def __init__(self, port: int, *, dry_run: bool = False, address: str = "127.0.0.1",
+    def __init__(self, port: int, *, dry_run: bool = False, address: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, echo: Callable[[str], None] = print) -> None:
         super().__init__(port, address=address, timeout=timeout)
         self.dry_run = dry_run

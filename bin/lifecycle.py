@@ -198,12 +198,13 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the lab to stop.")
 def down(port: int | None, config_file: str | None, timeout: float) -> None:
     """Stop a running lab in order: every device's shutdown, every process gone, the port free."""
+    from labctl.actors.client import default_address
     from labctl.actors.stopping import shutdown_lab
 
     port = resolve_port(port, config_file)
     began = time.monotonic()
     try:
-        name = shutdown_lab(port, timeout=timeout)
+        name = shutdown_lab(port, default_address(port), timeout=timeout)
     except LabError as exc:
         fail(str(exc))
     if name is None:

@@ -119,6 +119,9 @@ def test_plain_repl_drives_the_lab_completes_names_and_prints_events_above_the_p
 
     enter("furn\t\n", r"^<furnace: SimFurnace>$")                     # a device's name
     enter('send(valv\t, CloseV\t"A"))\n', r"^'closed'$")                # a device and a message class
+    # Replies come straight from the valve's process, ahead of the event the supervisor relays: let
+    # the event land before typing on, so that it is not drawn in the middle of the next answer.
+    repl.expect(r"^\[\d\d:\d\d:\d\d\] valves: valve \(valve=A state=closed\)$")
     enter('valves.is_lo\t"A")\n', r"^False$")                          # a device's method
     enter('is_closed("B\t)\n', r"^True$")                              # a valve, inside quotes
 

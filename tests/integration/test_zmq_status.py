@@ -52,7 +52,9 @@ def status_lab(lab):
     req.setsockopt(zmq.RCVTIMEO, 5000)
     req.connect(f"tcp://127.0.0.1:{lab.zmq + 1}")
     lab.sub, lab.req = sub, req
-    receive(sub, "lifecycle", where=lambda p: p["device"] == "valves" and p["kind"] == "running")
+    # Heartbeats repeat (a PUB drops what it sent before a subscriber joined): one saying the valves
+    # are followed means every later change reaches this subscriber.
+    receive(sub, "dashboard", where=lambda p: p["devices"] == {"valves": True})
     yield lab
     sub.close()
     req.close()
