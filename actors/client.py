@@ -31,6 +31,7 @@ from .messages import (DescribeDevice, DeviceDescription, DeviceRequest, Events,
 
 DEFAULT_PORT = 1900
 DEFAULT_TIMEOUT = 10.0
+_CREATE_LOCK = threading.Lock()
 
 _FAILURES = {"unknown_device": UnknownDevice, "unknown_message": UnknownMessage, "bad_argument": BadArgument,
              "driver_error": DriverError}
@@ -145,14 +146,16 @@ class LabClient:
         with self._lock:
             if self._supervisor_address is None:
                 # Thespian waits up to 50 s for an admin that does not answer (one SIGSTOPped, say):
-                # bound the lookup by this request's time. The lock keeps other threads of this
-                # client out meanwhile.
-                saved = system_base.MAX_CHILD_ACTOR_CREATE_DELAY
-                system_base.MAX_CHILD_ACTOR_CREATE_DELAY = timedelta(seconds=max(0.05, timeout))
-                try:
-                    self._supervisor_address = context.createActor(SUPERVISOR_CLASS, globalName=SUPERVISOR_NAME)
-                finally:
-                    system_base.MAX_CHILD_ACTOR_CREATE_DELAY = saved
+                # bound the lookup by this request's time. A lock of the module's: the delay is
+                # Thespian's global, shared by every client of this process.
+                with _CREATE_LOCK:
+                    saved = system_base.MAX_CHILD_ACTOR_CREATE_DELAY
+                    system_base.MAX_CHILD_ACTOR_CREATE_DELAY = timedelta(seconds=max(0.05, timeout))
+                    try:
+                        self._supervisor_address = context.createActor(SUPERVISOR_CLASS,
+                                                                       globalName=SUPERVISOR_NAME)
+                    finally:
+                        system_base.MAX_CHILD_ACTOR_CREATE_DELAY = saved
                 if self._supervisor_address is None:
                     self._drop_context()  # one that timed out may stall the next ask
                     raise LabTimeout(f"the lab's admin on port {self.port} does not answer (within {timeout:g} s)")

@@ -281,8 +281,11 @@ class Worker:
         if job.ring is not None:
             try:
                 shared = job.ring.put(np.ascontiguousarray(data), frame, image.timestamp)
-            except Exception:  # /dev/shm full, say: the frame still travels, as bytes
-                logging.getLogger("labctl.lanes").exception("could not put frame %d in shared memory", frame)
+            except Exception as exc:  # /dev/shm full, say: the frame still travels, as bytes
+                if not getattr(job.ring, "reported", False):
+                    job.ring.reported = True
+                    logging.getLogger("labctl.lanes").error("frames of %s go as bytes, not through shared "
+                                                           "memory: %s", job.device, exc)
         return attrs.evolve(outcome, reply=Reply(outcome.reply.request_id, image), shared=shared)
 
 

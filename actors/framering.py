@@ -79,12 +79,19 @@ class FrameRing:
         self.map: mmap.mmap | None = None
         self.generation = 0
         self.written = 0          # frames written so far
+        self.failed = ""          # why shared memory could not be had (then it is not tried again)
 
     def put(self, data, frame: int, timestamp: float) -> SharedFrame:
         """Write one frame (a contiguous numpy array) into the next slot; where it lies."""
         nbytes = data.nbytes
+        if self.failed:
+            raise OSError(f"no shared memory for {self.device}'s frames: {self.failed}")
         if nbytes > self.slot_bytes:
-            self._remake(nbytes)
+            try:
+                self._remake(nbytes)
+            except OSError as exc:   # /dev/shm full, say: from now on frames travel as bytes
+                self.failed = str(exc)
+                raise
         self.written += 1
         seq = self.written
         slot = seq % self.slots
@@ -100,13 +107,21 @@ class FrameRing:
     def _remake(self, nbytes: int) -> None:
         self.close()
         self.generation += 1
-        self.slot_bytes = -(-nbytes // 4096) * 4096
-        self.name = f"{self.prefix}{self.device}.{self.generation}"
-        path = os.path.join(SHM_DIR, self.name)
-        self.fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        size = self.slots * (SLOT_HEADER + self.slot_bytes + STAMP.size)
-        os.ftruncate(self.fd, size)
-        self.map = mmap.mmap(self.fd, size)
+        slot_bytes = -(-nbytes // 4096) * 4096
+        name = f"{self.prefix}{self.device}.{self.generation}"
+        path = os.path.join(SHM_DIR, name)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        size = self.slots * (SLOT_HEADER + slot_bytes + STAMP.size)
+        try:
+            # Reserved now: on a full tmpfs a write through the mapping would kill the process with
+            # SIGBUS; this raises instead (the frame then travels as bytes).
+            os.posix_fallocate(fd, 0, size)
+            self.map = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        self.fd, self.name, self.slot_bytes = fd, name, slot_bytes
 
     def close(self) -> None:
         """Unmap and unlink the segment (clients that have it open keep their mapping)."""

@@ -85,6 +85,10 @@ class Channel:
 
     def close(self) -> None:
         try:
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes a thread blocked reading it (close alone does not)
+        except OSError:
+            pass
+        try:
             self.sock.close()
         except OSError:
             pass
@@ -218,6 +222,10 @@ class Lanes:
             channel.close()
             self.forget(channel.lane)
             raise NotTaken() from None
+        except BaseException:   # Ctrl-C mid-send: half a message must never prefix the next one
+            channels.pop(key, None)
+            channel.close()
+            raise
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -235,6 +243,10 @@ class Lanes:
             channel.close()
             self.forget(channel.lane)
             return self.why_ended(message, channel.lane.pid, exc)
+        except BaseException:   # Ctrl-C mid-reply: the rest of it must never be read as the next reply
+            channels.pop(key, None)
+            channel.close()
+            raise
         return self.unwrap(reply)
 
     def why_ended(self, message: Request, pid: int, exc: Exception):
@@ -294,6 +306,10 @@ def subscribe(lanes: Lanes, device: str, timeout: float) -> Channel:
         reply = channel.receive(timeout)
         if isinstance(reply, Failure):
             lanes.client._result(reply)   # raises the failure's error
+    except (OSError, lanewire.WireError) as exc:
+        channel.close()
+        raise DeviceUnavailable(f"{device}: its process did not take the subscription ({type(exc).__name__}: "
+                                f"{exc})", device, "DeviceUnavailable", "", "restarting") from None
     except BaseException:
         channel.close()
         raise

@@ -163,8 +163,11 @@ class Conn:
         rest = _after(chunks, sent)
         if rest:  # started, so it must be finished, whatever `droppable` says
             if self.outbox is None:
-                self.sock.settimeout(SEND_TIMEOUT_S)  # the writer blocks; the actor uses MSG_DONTWAIT
-                self.outbox = Outbox(self.sock, self._write_failed)
+                # The writer waits on a socket object of its own: a timeout set on this one would make
+                # the actor's own sends wait for room first, MSG_DONTWAIT or not.
+                writer = self.sock.dup()
+                writer.settimeout(SEND_TIMEOUT_S)
+                self.outbox = Outbox(writer, self._write_failed)
             self.outbox.put(rest, sum(memoryview(c).nbytes for c in rest))
         return True
 
@@ -178,6 +181,10 @@ class Conn:
     def close(self) -> None:
         if self.outbox is not None:
             self.outbox.close()
+            try:
+                self.outbox.sock.close()
+            except OSError:
+                pass
         try:
             self.sock.close()
         except OSError:
@@ -249,7 +256,10 @@ class LaneServer:
         received = []
         for fd in fds:
             if fd in self.listeners:
-                self._accept(*self.listeners[fd])
+                try:
+                    self._accept(*self.listeners[fd])
+                except OSError as exc:  # out of descriptors, a peer gone already: the others still count
+                    log.warning("could not accept a lane connection: %s", exc)
                 continue
             conn = self.conns.get(fd)
             if conn is None:
@@ -278,9 +288,13 @@ class LaneServer:
             log.warning("refused a lane connection from %s: %d are open already", conn.peer, MAX_CONNECTIONS)
             conn.close()
             return
-        if kind == "tcp":
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(lanewire.hello(conn.nonce))
+        try:
+            if kind == "tcp":
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.send(lanewire.hello(conn.nonce), socket.MSG_DONTWAIT)   # 28 bytes on a fresh socket
+        except OSError:
+            conn.close()
+            raise
         self.conns[conn.fd] = conn
 
     def drop(self, conn: Conn, why: str = "", warn: bool = False) -> None:

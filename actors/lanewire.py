@@ -6,11 +6,12 @@ both sides); a TCP lane then MACs every message under a key of that connection's
 counter per direction, so a message cannot be forged, replayed or reordered. A Unix lane needs no
 MAC: the kernel carries its bytes, the socket lies in a private folder, and the peer's uid is checked.
 
-A message is one pickle (protocol 5) and its out-of-band buffers (numpy arrays' bytes), sent as
-they are: a frame is never copied into the pickle. On TCP the MAC covers the header and the pickle
-but not the buffers' bytes: MACing an 8 MiB frame (1.4-2 GB/s here) would halve the lane's speed
-(4 GB/s on loopback). A forged buffer can only change pixel values: the pickle, which alone says
-what is built and how, is always verified before it is read.
+A message is one pickle (protocol 5) and, from a device process, its out-of-band buffers (numpy
+arrays' bytes), sent as they are: a frame is never copied into the pickle. On TCP the MAC covers
+the header and the pickle but not those buffers' bytes: MACing an 8 MiB frame (1.4-2 GB/s here)
+would halve the lane's speed (4 GB/s on loopback). A forged buffer can only change the values of
+an array a device sent (pixels): the pickle, which alone says what is built and how, is always
+verified before it is read, and a client's requests (their arguments included) are all in it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Wire:
         self.session = session
         self.max_bytes = max_bytes
         self.out_tag, self.in_tag = (b"S", b"C") if server else (b"C", b"S")
+        # Only the device's side sends buffers out of band (frames, outside the MAC: see above); what
+        # a client sends, arrays in a request's arguments included, is all in the MACed pickle.
+        self.out_of_band = server
         self.sent = self.received = 0
 
     def _mac(self, tag: bytes, count: int, head: bytes, data) -> bytes:
@@ -88,7 +92,7 @@ class Wire:
     def pack(self, obj) -> list:
         """The chunks to send for `obj`: header, MAC (TCP), pickle, then each out-of-band buffer."""
         buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append if self.out_of_band else None)
         raws = [b.raw() for b in buffers]
         head = HEAD.pack(len(data), len(raws)) + b"".join(LENGTH.pack(r.nbytes) for r in raws)
         chunks = [head]

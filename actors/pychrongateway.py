@@ -54,7 +54,6 @@ class PychronGateway(Device):
         self.locked: dict[str, bool] = {}
         self.owners: dict[str, str] = {}
         self.heat: dict[str, float] = {}           # temperature, setpoint, output
-        self.generation = 0                        # actuations so far: a poll begun before one is stale
         self.lock = threading.Lock()               # guards the kept state between the threads
         self.workers: dict[str, ThreadPoolExecutor] = {}
         self.stopping = threading.Event()
@@ -98,15 +97,13 @@ class PychronGateway(Device):
     def _follow(self, controller: str) -> None:
         """Keep a controller's valves current: subscribe to its changes first, then read them all (so
         that no change falls between), then apply each change as it comes; again after a restart."""
-        from labctl.actors.errors import LabError
-
         while not self.stopping.is_set():
             try:
                 subscription = self.subscriptions[controller] = self.lab.notices(controller)
                 self._refresh(controller)
                 for notice in subscription:
                     self._apply(notice)
-            except LabError as exc:  # not running yet, or restarting: its valves keep their last state
+            except Exception as exc:  # not running yet, restarting: its valves keep their last state
                 log.debug("following %s: %s", controller, exc)
                 self.stopping.wait(self.poll_s)
 
@@ -128,8 +125,6 @@ class PychronGateway(Device):
     def _refresh(self, controller: str) -> None:
         from labctl.actors.messages import Call, GetValveStates
 
-        with self.lock:
-            generation = self.generation
         states = self.lab.send(controller, GetValveStates())
         locks = self.lab.send(controller, Call("get_locks"))
         rules = self.lab.send(controller, Call("valve_rules")) if not any(
@@ -140,8 +135,8 @@ class PychronGateway(Device):
                     self.valves[valve] = controller
                     self.owners[valve] = rule.get("owner", "")
                 self.valves = {v: c for ctrl in self.controllers for v, c in self.valves.items() if c == ctrl}
-            if generation != self.generation:
-                return  # an actuation finished meanwhile: this reading may predate it
+            # A reading older than a change is set right by that change's notice, which follows it
+            # (notices are applied only after this reading, in the order the controller made them).
             for valve, state in states.items():
                 self.state[valve] = state == "open"
             self.locked.update(locks)
@@ -210,9 +205,16 @@ class PychronGateway(Device):
         data = pending.pop(conn)[0]
         selector.unregister(conn)
         try:
-            peer = conn.getpeername()[0]
+            self._answer(data, conn)
+        except Exception:  # nothing a client sends may stop the server: that client is closed, others go on
+            log.exception("gateway: a request of %d bytes could not be handled", len(data))
+            conn.close()
+
+    def _answer(self, data: bytes, conn) -> None:
+        try:
+            peer = conn.getpeername()[0].removeprefix("::ffff:")   # an IPv4 client of a dual-stack bind
         except OSError:
-            peer = ""
+            peer = "unknown"   # never '' (the lab's own clients): an owned valve stays refused
         if len(data) > MAX_REQUEST:
             # Answered, then the rest of it read and dropped, on a thread of its own: closing with
             # unread bytes would reset the connection before the client could read the answer.
@@ -272,7 +274,7 @@ class PychronGateway(Device):
                 conn.setblocking(True)
                 conn.settimeout(2.0)
                 conn.sendall((wire.frame(text) if framed else text).encode("utf-8"))
-        except OSError:
+        except (OSError, ValueError):   # ValueError: an answer too long for a {XXXX} frame
             pass
         finally:
             conn.close()
@@ -301,9 +303,8 @@ class PychronGateway(Device):
                 log.info("%s %s for %s refused: %s", request.command, valve, peer or "a client", exc)
                 return wire.error(wire.VALVE_ACTUATION_FAILED, f"Valve {valve} failed to actuate "
                                                      f"{'open' if open_ else 'close'}")
-            with self.lock:
-                self.generation += 1
-                if moved:
+            if moved:
+                with self.lock:
                     self.state[valve] = open_   # so that the client's GetIndicatorState 50 ms later agrees
             return "OK" if moved else "ok"
 

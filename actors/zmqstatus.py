@@ -133,12 +133,10 @@ class ZmqStatus(Device):
         return f"error unknown request: {request[:100]!r}; ask ping, config_json or status"
 
     def _watch(self, device: str) -> None:
-        from labctl.actors.errors import LabError
-
         while not self.stopping.is_set():
             try:
                 subscription = self.subscriptions[device] = self.lab.notices(device)
-            except LabError:
+            except Exception:
                 self.stopping.wait(RETRY_S)   # not running (yet): its lane is published once it is
                 continue
             self.connected[device] = True
@@ -147,7 +145,7 @@ class ZmqStatus(Device):
                 for notice in subscription:
                     self.publish(TOPICS.get(notice.kind, notice.kind),
                                  {"device": notice.device, "kind": notice.kind, **notice.detail})
-            except LabError as exc:
+            except Exception as exc:   # its process ended (a LabError), or the lane broke
                 if not self.stopping.is_set():
                     self.connected[device] = False
                     self.publish("lifecycle", {"device": device, "kind": "lost", "error": str(exc)})
