@@ -274,3 +274,24 @@ def test_each_request_on_the_lane_gets_exactly_one_reply(lanes_lab, client_for):
         wire.recv(sock)                      # nothing more: no reply was sent twice
     sock.close()
     assert [r.request_id for r in replies] == ids and [r.value for r in replies] == [float(i) for i in range(20)]
+
+
+def test_a_client_that_stops_reading_stalls_nobody_else(lanes_lab, client_for):
+    from labctl.actors import labkey
+
+    client = client_for(lanes_lab, lane="unix")
+    lane = client.request(GetLanes(device="camera"))["camera"]
+    # A client that asks for 64 frames (8 MiB of replies) and never reads one.
+    greedy = socket.create_connection(lane.tcp, timeout=10)
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    _, session = lanewire.client_handshake(greedy, labkey.for_lab(lanes_lab.port, lanes_lab.key_file))
+    wire = lanewire.Wire(session, server=False, max_bytes=1 << 20)
+    for i in range(64):
+        lanewire.send_chunks(greedy, wire.pack(Acquire(device="camera", request_id=f"g{i}")))
+    try:
+        began = time.monotonic()
+        for _ in range(20):   # the same device process goes on answering everyone else
+            assert client.send("camera", GetStatus(), timeout=5)["shape"] == [256, 256]
+        assert time.monotonic() - began < 10
+    finally:
+        greedy.close()

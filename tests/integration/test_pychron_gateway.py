@@ -290,3 +290,10 @@ def test_changes_made_by_other_clients_reach_the_gateways_answers(gateway_lab, c
     while ask(port, "GetIndicatorState B\r") != "OK":
         assert time.monotonic() < deadline, "the gateway stopped following the restarted controller"
         time.sleep(0.02)
+
+
+def test_no_request_stops_the_gateway(gateway_lab):
+    port = gateway_lab.gateway
+    assert ask(port, b"[" * 60000 + b"\n") == ""                              # JSON nested past Python's limit
+    assert ask(port, "{FFFF}Open " + "x" * (0xFFFF - 11)) == ""               # its answer is too long to frame
+    assert ask(port, "GetValveStates\r").startswith("A0,B0")                 # still serving
