@@ -116,6 +116,12 @@ class Lanes:
         from . import runstate
 
         try:
+            # Only when the lab recorded on this machine for the port is the one this client talks
+            # to (a lab elsewhere may use the same port number, even the same key file).
+            record = runstate.read(self.client.port)
+            bind = record.bind if record is not None and record.bind != "0.0.0.0" else "127.0.0.1"
+            if record is None or bind != self.client.address:
+                return
             lanes = runstate.read_json(runstate.base_dir() / str(self.client.port) / runstate.LANES_FILE)["lanes"]
             table = {name: Lane(r["unit"], r["pid"], tuple(r["devices"]), r["unix"], tuple(r["tcp"]), r["machine"])
                      for name, r in lanes.items()}
