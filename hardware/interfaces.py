@@ -364,8 +364,9 @@ def parse_valve_table(valves: Mapping[str, Any] | Iterable[str]) -> tuple[dict[s
         if isinstance(spec, Mapping):
             unknown = set(spec) - {"channel", "description"}
             if unknown or "channel" not in spec:
-                raise HardwareError(f"valve {name}: expected {{channel = N, description = \"...\", interlocks = [...], "
-                                    f"positive_interlocks = [...], locked = false, owner = \"...\"}}, got {dict(spec)!r}")
+                raise HardwareError(f"valve {name}: expected {{channel = N, description = \"...\", "
+                                    f"interlocks = [...], positive_interlocks = [...], locked = false, "
+                                    f"owner = \"...\"}}, got {dict(spec)!r}")
             channel, descriptions[str(name)] = spec["channel"], str(spec.get("description", ""))
         else:
             channel = spec
