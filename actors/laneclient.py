@@ -322,6 +322,23 @@ def subscribe(lanes: Lanes, device: str, timeout: float) -> Channel:
     return channel
 
 
+def next_published(channel: Channel, device: str, timeout: float | None, what: str):
+    """The next message of a subscription (a frame, a change): LabTimeout after `timeout`,
+    DeviceUnavailable (its connection closed) once the device's process ends it or is gone."""
+    try:
+        message = channel.receive(timeout)
+    except (socket.timeout, TimeoutError):
+        raise LabTimeout(f"{device}: no {what} within {timeout:g} s") from None
+    except (ConnectionError, OSError, lanewire.WireError) as exc:
+        channel.close()
+        raise DeviceUnavailable(f"{device}: the subscription ended: its process closed it ({type(exc).__name__}: "
+                                f"{exc})", device, "ProcessEnded", "", "restarting") from None
+    if isinstance(message, StreamEnd):
+        channel.close()
+        raise DeviceUnavailable(message.message, device, message.error_type, "", "stopped")
+    return message
+
+
 class Notices:
     """A device's changes as it reports them (valve moved or locked, setpoint, link lost, refused
     actuation), on a connection of their own; iterate for Notice messages. DeviceUnavailable when
@@ -335,18 +352,7 @@ class Notices:
         return self
 
     def __next__(self):
-        try:
-            message = self.channel.receive(self.timeout)
-        except (socket.timeout, TimeoutError):
-            raise LabTimeout(f"{self.device}: no change within {self.timeout:g} s") from None
-        except (ConnectionError, OSError, lanewire.WireError) as exc:
-            self.close()
-            raise DeviceUnavailable(f"{self.device}: its process closed the subscription ({type(exc).__name__}: "
-                                    f"{exc})", self.device, "ProcessEnded", "", "restarting") from None
-        if isinstance(message, StreamEnd):
-            self.close()
-            raise DeviceUnavailable(message.message, self.device, message.error_type, "", "stopped")
-        return message
+        return next_published(self.channel, self.device, self.timeout, "change")
 
     def close(self) -> None:
         """End the subscription."""
@@ -419,19 +425,10 @@ class Stream:
 
     def _receive(self) -> StreamFrame:
         try:
-            message = self.channel.receive(self.timeout)
-        except (socket.timeout, TimeoutError):
+            message = next_published(self.channel, self.device, self.timeout, "frame")
+        except LabError:
             self.close()
-            raise LabTimeout(f"{self.device}: no frame within {self.timeout:g} s") from None
-        except (ConnectionError, OSError, lanewire.WireError) as exc:
-            self.close()
-            raise DeviceUnavailable(f"{self.device}: the stream ended: the device's process closed it "
-                                    f"({type(exc).__name__}: {exc})", self.device, "ProcessEnded", "",
-                                    "restarting") from None
-        if isinstance(message, StreamEnd):
-            self.close()
-            raise DeviceUnavailable(f"{self.device}: the stream ended: {message.message}", self.device,
-                                    message.error_type, "", "stopped")
+            raise
         self.channel.send(FramesTaken(self.device))   # room for one more
         return message
 

@@ -97,6 +97,15 @@ class Lab:
         """A Python process with this lab's environment (its argv shows `argv`)."""
         return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=self.dir, env=self.env)
 
+    def up_in_foreground(self) -> tuple[subprocess.Popen, Path]:
+        """`labctl up` in the foreground, and the file its stderr goes to: a file, not a pipe, since
+        nothing reads a pipe while the test runs and the lab's processes inherit up's descriptors."""
+        said = self.dir / "up.err"
+        with said.open("w") as err:
+            proc = subprocess.Popen([*self.labctl_argv(), "up", str(self.config)], cwd=self.dir, env=self.env,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        return proc, said
+
     def up(self, *extra: str) -> subprocess.CompletedProcess:
         return self.labctl("up", self.config, "--detach", *extra)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -204,6 +203,20 @@ def test_send_errors_are_clear_and_harmless(lab):
     assert lab.pids() == pids and all(d["state"] == "running" for d in lab.status()["devices"])
 
 
+def slow_start_lab(lab) -> Path:
+    """A lab of valves and a device whose constructor hangs (so `up` waits); its journal."""
+    journal = lab.dir / "journal.txt"
+    lab.write(f"""
+[devices.valves]
+driver = "sim-valves"
+[devices.slow]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}", hang = true }}
+init_timeout_s = 60.0
+""")
+    return journal
+
+
 def test_foreground_up_stops_in_order_on_sigint(lab):
     journal = lab.dir / "journal.txt"
     lab.write(f"""
@@ -213,10 +226,7 @@ conf = {{ journal = "{journal}" }}
 [devices.furnace]
 driver = "sim-furnace"
 """)
-    said = lab.dir / "up.err"   # a file, not a pipe: nothing up writes can block it
-    with said.open("w") as err:
-        proc = subprocess.Popen([*lab.labctl_argv(), "up", str(lab.config)], cwd=lab.dir, env=lab.env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+    proc, said = lab.up_in_foreground()
     try:
         try:
             lab.wait_for(lambda s: len(s["devices"]) == 2 and all(d["state"] == "running" for d in s["devices"]),
@@ -240,19 +250,8 @@ driver = "sim-furnace"
 
 
 def test_foreground_up_whose_admin_hangs_while_it_starts_recovers_and_keeps_running(lab):
-    journal = lab.dir / "journal.txt"
-    lab.write(f"""
-[devices.valves]
-driver = "sim-valves"
-[devices.slow]
-driver = "labtest_drivers:Recorder"
-conf = {{ journal = "{journal}", hang = true }}
-init_timeout_s = 60.0
-""")
-    said = lab.dir / "up.err"   # a file, not a pipe: the lab's processes inherit up's descriptors
-    with said.open("w") as err:
-        proc = subprocess.Popen([*lab.labctl_argv(), "up", str(lab.config)], cwd=lab.dir, env=lab.env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+    journal = slow_start_lab(lab)
+    proc, said = lab.up_in_foreground()
     try:
         wait_for_text(journal, "open")  # the slow constructor runs: up is waiting for it
         record = json.loads((lab.dir / "run" / f"lab-{lab.port}.json").read_text())
@@ -466,15 +465,7 @@ def test_down_with_a_hung_admin_is_bounded_and_clean(lab):
 
 def test_up_detach_says_at_once_when_the_lab_is_stopped_while_it_starts(lab):
     """`down` from another terminal while `up --detach` waits for a slow device: up exits 1 saying so."""
-    journal = lab.dir / "journal.txt"
-    lab.write(f"""
-[devices.valves]
-driver = "sim-valves"
-[devices.slow]
-driver = "labtest_drivers:Recorder"
-conf = {{ journal = "{journal}", hang = true }}
-init_timeout_s = 60.0
-""")
+    journal = slow_start_lab(lab)
     up = lab.popen("up", lab.config, "--detach")
     try:
         wait_for_text(journal, "open")  # the slow constructor is running: up is waiting for it

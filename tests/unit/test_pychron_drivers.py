@@ -18,7 +18,7 @@ import pytest
 
 from labctl.hardware.errors import (ChecksumError, GarbledReply, HardwareError, LinkError, OutOfRange, Rejected,
                                     ValveLocked)
-from labctl.hardware.pychron_valves import PychronFurnace, PychronValves
+from labctl.hardware.pychron_boxes import PychronFurnace, PychronValves
 from labctl.hardware.pychronwire import CrcMismatch
 
 QUICK_S = 0.2     # the drivers' timeout where a test expects silence: short, so that it is found fast
@@ -336,7 +336,7 @@ class FakeSocket:
 
 
 def test_the_request_goes_in_one_write(monkeypatch):
-    import labctl.hardware.pychron_valves as module
+    import labctl.hardware.pychron_boxes as module
     writes, connections = [], []
 
     def connect(address, timeout=None):
@@ -351,7 +351,7 @@ def test_the_request_goes_in_one_write(monkeypatch):
 
 
 def test_retries_wait_25_ms_between_tries(monkeypatch):
-    import labctl.hardware.pychron_valves as module
+    import labctl.hardware.pychron_boxes as module
     sleeps = []
 
     def refuse(address, timeout=None):
