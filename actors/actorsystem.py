@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import select
+import signal
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +31,12 @@ SUPERVISOR_CLASS = "labctl.actors.supervisor.Supervisor"
 HOST_CAPABILITY = "labctl.host"
 LAB_CAPABILITY = "labctl.lab"
 CONVENTION_CAPABILITY = "Convention Address.IPv4"
+MEMBERS_CAPABILITY = "labctl.members"   # a leader's: {host name: declared address} of the hosts it accepts
+# A member checks in with its leader this often, and looks for a lost leader again after as long
+# (Thespian: 7 min 22 s and 3 min 22 s): a node rejoins a restarted leader within a few seconds.
+# The leader's own view of its members is the supervisor's host heartbeats, not this.
+CONVENTION_PERIOD = timedelta(seconds=2)
+RESEND_MAX = timedelta(seconds=2)   # the longest a member waits between tries to reach its leader (Thespian: 45 s)
 ADMIN_SHUTDOWN_S = 2.0
 MAX_HEADER_BYTES = 16     # "<decimal length>>": 12 digits already say more than any limit
 INCOMING_PACKET_S = 30.0  # a packet still not whole after this is dropped (Thespian: 7 minutes)
@@ -41,6 +49,25 @@ _hardened = False
 _attach_only = threading.local()
 _attach_lock = threading.Lock()
 _close_in_children: set[int] = set()
+
+
+class _admin_ends_with:
+    """The process whose end ends this host's admin (a node's), or 0: the admin outlives its starter."""
+
+    pid = 0
+
+
+def _end_with(pid: int) -> None:
+    """End this process (and, by their parent-death signal, its children) when process `pid` ends."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+            select.select([fd], [], [])
+        except OSError:
+            pass  # already gone
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="labctl-ends-with", daemon=True).start()
 
 
 def keep_out_of_children(*fds: int) -> None:
@@ -117,6 +144,54 @@ def _seal_transport() -> None:
     tcp.TCPIncoming_Common.__init__ = incoming_init
 
 
+def _admit_declared_members() -> None:
+    """Make convention admins rejoin in seconds, and a leader accept a member only as a host the lab
+    file declares, from that host's declared address (the MAC already proves it holds the lab key)."""
+    import logging
+
+    import thespian.system.admin.convention as convention
+    from thespian.system.transport import hysteresis
+
+    convention.CONVENTION_REREGISTRATION_PERIOD = CONVENTION_PERIOD
+    convention.CONVENTION_RESTART_PERIOD = CONVENTION_PERIOD
+    original_resend = hysteresis.HysteresisDelaySender.__init__
+
+    def resend_init(self, *args, **kwargs):
+        original_resend(self, *args, **kwargs)
+        self._hysteresis_max_period = min(self._hysteresis_max_period, RESEND_MAX)
+
+    hysteresis.HysteresisDelaySender.__init__ = resend_init
+    original_register = convention.ConventioneerAdmin.h_ConventionRegister
+    refused: set[tuple] = set()
+
+    def register(self, envelope):
+        members = self.capabilities.get(MEMBERS_CAPABILITY)
+        if members is not None:
+            message = envelope.message
+            name = (message.capabilities or {}).get(HOST_CAPABILITY)
+            address = message.adminAddress.addressDetails.sockname
+            why = refusal(members, name, address)
+            if why:
+                if (name, address) not in refused and len(refused) < 1000:  # logged once, not every 2 s
+                    refused.add((name, address))
+                    logging.getLogger("labctl.trust").warning("refused a node at %s:%d: %s", *address, why)
+                return True
+        return original_register(self, envelope)
+
+    convention.ConventioneerAdmin.h_ConventionRegister = register
+
+
+def refusal(members: dict, name, address: tuple) -> str:
+    """Why a node that says it is host `name`, at `address` (ip, port), may not join; '' if it may."""
+    if name not in members:
+        return f"it says it is host {name!r}, which the lab file does not declare ({', '.join(sorted(members)) or 'none'})"
+    ip, port = members[name]
+    if address[0] != ip or (port and address[1] != port):
+        wanted = f"{ip}:{port}" if port else ip
+        return f"host {name!r} is declared at {wanted}, not at {address[0]}:{address[1]}"
+    return ""
+
+
 def harden(bind: str = "127.0.0.1", key: bytes | None = None) -> None:
     """Install labctl's fixes to Thespian in this process (idempotent); `key` is the lab key to use."""
     global _hardened
@@ -128,6 +203,7 @@ def harden(bind: str = "127.0.0.1", key: bytes | None = None) -> None:
     _hardened = True
     logs.remember_logging_manager()
     _seal_transport()
+    _admit_declared_members()
     import thespian.system.systemBase as system_base
 
     # An admin shuts down in tens of milliseconds; one that does not (stopped, hung) is not waited
@@ -170,6 +246,19 @@ def harden(bind: str = "127.0.0.1", key: bytes | None = None) -> None:
             # sets: the admin crashed instead ('MultiProcAdmin' object has no attribute 'logDefs').
             # In this (the admin's own, just forked) process, give the class the lab's log config.
             admin_class.logDefs = args[5] if len(args) > 5 else kwargs.get("logDefs")
+            if _admin_ends_with.pid:
+                # A node's admin detaches itself like any admin, but must not outlive the node: killed,
+                # the node would leave it running its devices, unsupervised. Watch from the admin's own
+                # (double-forked) process, where Thespian constructs this class.
+                starter, base = _admin_ends_with.pid, admin_class
+
+                class EndsWithNode(base):
+                    def __init__(self, *a, **k):
+                        _end_with(starter)
+                        super().__init__(*a, **k)
+
+                EndsWithNode.__name__ = base.__name__  # its process title
+                admin_class = EndsWithNode
             return start(admin_class, *args, **kwargs)
         return run
 
@@ -212,9 +301,12 @@ def never_starting_an_admin():
 
 
 def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, key: bytes,
-                leader: tuple[str, int] | None = None, max_packet_bytes: int = MAX_PACKET_BYTES) -> ActorSystem:
+                leader: tuple[str, int] | None = None, max_packet_bytes: int = MAX_PACKET_BYTES,
+                members: dict[str, tuple[str, int]] | None = None) -> ActorSystem:
     """Start a new admin for a lab on this host (joining the `leader`'s convention if given), sealed
-    with the lab `key`; the caller must have checked that the port is free."""
+    with the lab `key`; a leader accepts only the `members` (host name -> declared (address, port)),
+    a member's admin ends with the process that started it. The caller must have checked that the
+    port is free."""
     harden(bind, key)
     SEAL.max_packet = max_packet_bytes
     Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -224,6 +316,9 @@ def start_admin(port: int, bind: str, host: str, lab_name: str, log_dir: str, ke
                     "Process Startup Method": "fork"}
     if leader is not None:
         capabilities[CONVENTION_CAPABILITY] = leader
+        _admin_ends_with.pid = os.getpid()
+    else:
+        capabilities[MEMBERS_CAPABILITY] = dict(members or {})
     return ActorSystem(BASE, capabilities, logDefs=logs.log_config(log_dir), transientUnique=True)
 
 

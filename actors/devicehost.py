@@ -144,7 +144,7 @@ class DeviceHost(PlacedActor):
         # Reported before any hardware is opened, so that a constructor that hangs can be killed by
         # pid, on any host. Waiting for the answer also makes sure this message has left: one sent
         # just before a blocking call may not, on a connection not yet used.
-        self.send(supervisor, UnitStarted(self.unit, self.incarnation, os.getpid()))
+        self.send(supervisor, UnitStarted(self.unit, self.incarnation, os.getpid(), processes.start_time(os.getpid()) or 0))
 
     def build(self, message: Construct) -> None:
         """Construct the unit's drivers and report ready, or the error and exit."""

@@ -39,6 +39,8 @@ def unavailable(request_id: str, device: str, state: str, last_error: str | None
         text = f"{device} has failed: {last_error}; {what} was not sent"
     elif state == "stopped":
         text = f"{device} is stopped; {what} was not sent"
+    elif state == "lost":
+        text = f"{device} is lost, {last_error}; {what} was not sent"
     else:
         text = f"{device} is {state}; {what} was not sent, try again when it is running"
     return Failure(request_id, state, "DeviceUnavailable", text, device)

@@ -78,7 +78,8 @@ class Keeper:
         self.log.info("starting lab %s on %s:%d (keeper pid %d)", self.lab.name, self.lab.bind, self.lab.port,
                       os.getpid())
         self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
-                                  self.key, max_packet_bytes=self.lab.max_packet_mb * 1024 * 1024)
+                                  self.key, max_packet_bytes=self.lab.max_packet_mb * 1024 * 1024,
+                                  members={name: (h.address, h.port) for name, h in self.lab.hosts.items()})
         self.start_supervisor()
 
     def choose_key(self) -> bytes:
@@ -241,13 +242,15 @@ class Keeper:
         stop_in_order(self.system, self.supervisor, self.record)
 
 
-def clear_port(port: int, bind: str) -> None:
+def clear_port(port: int, bind: str, keeper_only: bool = False) -> None:
     """Make sure `port` can take a new lab: refuse if a live lab holds it, clear a dead lab's leftovers.
 
     A record written by this very process is the lab this keeper is recovering: it counts as dead.
+    With `keeper_only` (a node's port), what outlived its keeper is a leftover, not a live lab.
     Only processes that the record names are ever killed; anything else on the port is refused."""
     record = runstate.read(port)
-    if record is not None and record.keeper_pid != os.getpid() and record.live():
+    alive = record is not None and (record.keeper_running() if keeper_only else record.live())
+    if record is not None and record.keeper_pid != os.getpid() and alive:
         raise LabAlreadyRunning(f"lab {record.lab!r} is already running on port {port} (keeper pid "
                                 f"{record.keeper_pid}, config {record.config}); stop it with: labctl down --port {port}")
     if record is not None:

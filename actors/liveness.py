@@ -1,5 +1,5 @@
-"""Liveness of device processes: heartbeats, killing a process that stopped answering, and reaping
-remote processes (on their own host) that a predecessor supervisor left behind."""
+"""Liveness of device processes: heartbeats, killing a process that stopped answering, and keeping
+on file the remote processes (on member hosts) a successor supervisor must see gone first."""
 
 from __future__ import annotations
 
@@ -9,28 +9,22 @@ import signal
 import time
 
 from . import families, processes, runstate
-from .actorsystem import HOST_CAPABILITY
-from .protocol import Hung, Ping, Pong, Reap, Reaped
-from .reaper import Reaper
+from .protocol import Hung, Ping, Pong
 from .registry import Registry, UnitState
-from .timers import Beat, ExitRecheck, InitTimeout, ReapDeadline, ReapTimeout, StopTimeout
+from .timers import Beat, ExitRecheck, InitTimeout, StopTimeout
 
 log = logging.getLogger("labctl.supervisor")
 
-REAP_TIMEOUT_S = 5.0      # a Reaper itself waits up to 2 s for its process to go
-REAP_MARGIN_S = 1.0
-
 
 class Liveness:
-    """Heartbeats and kills for the supervisor `actor` (send, after, createActor, process_ended, launch)."""
+    """Heartbeats and kills for the supervisor `actor` (send, after, process_ended, hosts)."""
 
     def __init__(self, actor, registry: Registry, run_dir: str) -> None:
         self.actor = actor
         self.registry = registry
         self.run_dir = run_dir
         self.remote_file = os.path.join(run_dir, "remote-pids.json")
-        self.remote_pids: dict[str, tuple[str, int]] = {}   # unit -> (host, pid) of remote processes
-        self.reaps: list[tuple[str, int, str]] = []          # (host, pid, unit) waiting for a Reaper
+        self.remote_pids: dict[str, tuple] = {}   # unit -> (host, pid, start time) of remote processes
 
     # -- heartbeats -------------------------------------------------------------------------
 
@@ -56,7 +50,10 @@ class Liveness:
         unit.beat_at = now
         unit.misses = 0 if unit.pong_seq >= unit.ping_seq else unit.misses + 1
         if unit.misses >= sup.heartbeat_misses:
-            self.kill(unit, f"hung: missed {unit.misses} heartbeats {sup.heartbeat_s:g} s apart")
+            if self.registry.remote(unit) and self.actor.hosts.suspect(unit.spec.host):
+                self.actor.hosts.lose_for(unit)   # its host does not answer either: not a hang
+            else:
+                self.kill(unit, f"hung: missed {unit.misses} heartbeats {sup.heartbeat_s:g} s apart")
             return
         unit.ping_seq += 1
         self.actor.send(unit.address, Ping(unit.ping_seq))
@@ -92,8 +89,8 @@ class Liveness:
         if unit is not None:
             self.kill(unit, f"did not stop within {unit.supervision.stop_timeout_s:g} s")
 
-    def exit_due(self, timer: ExitRecheck | ReapTimeout) -> None:
-        """Look again at a process reported ended (still running), or one no reaper confirmed."""
+    def exit_due(self, timer: ExitRecheck) -> None:
+        """Look again at a process reported ended (still running)."""
         unit = self.registry.current(timer)
         if unit is not None:
             self.actor.process_ended(unit.address)
@@ -103,33 +100,23 @@ class Liveness:
         """End a unit's process that does not answer: SIGKILL by pid, on its own host."""
         unit.cause = unit.cause or reason
         log.error("%s: %s; killing pid %s", unit.name, reason, unit.pid, extra={"device": unit.name})
-        remote = self.registry.remote(unit)
-        if unit.pid and not remote and processes.parent_of(unit.pid) == os.getpid():
+        if unit.pid and not self.registry.remote(unit) and processes.parent_of(unit.pid) == os.getpid():
             families.kill_group(unit.pid, self.run_dir)  # first, while its process tree can still be walked
             try:
                 os.kill(unit.pid, signal.SIGKILL)
                 return  # ChildActorExited follows in a few milliseconds
             except ProcessLookupError:
                 pass
-        elif unit.pid and remote:
-            # If the host is gone too, no exit will ever be reported: the unit is handled as ended
-            # after REAP_TIMEOUT_S.
-            self.reap(unit.spec.host, unit.pid)
-            self.actor.after(REAP_TIMEOUT_S, ReapTimeout(unit.name, unit.incarnation))
-            return
+        # On a member host: ended here now; its host's agent kills the process there, and no new
+        # process starts before the agent confirms it gone (see hosts).
         self.actor.process_ended(unit.address)
-
-    def reap(self, host: str, pid: int) -> None:
-        """Have a Reaper on `host` kill `pid` there."""
-        reaper = self.actor.createActor(Reaper, targetActorRequirements={HOST_CAPABILITY: host})
-        self.actor.send(reaper, Reap(pid, host))
 
     # -- remote processes a predecessor left --------------------------------------------------
 
-    def remember(self, unit: UnitState, pid: int) -> None:
+    def remember(self, unit: UnitState, pid: int, started: int) -> None:
         """Keep a remote process's pid on file, for a supervisor that replaces this one."""
         if self.registry.remote(unit):
-            self.remote_pids[unit.name] = (unit.spec.host, pid)
+            self.remote_pids[unit.name] = (unit.spec.host, pid, started)
             self.save()
 
     def forget(self, unit: UnitState) -> None:
@@ -140,35 +127,11 @@ class Liveness:
         runstate.write_json(self.remote_file, {name: list(where) for name, where in self.remote_pids.items()})
 
     def reap_previous(self) -> None:
-        """Kill the remote device processes a dead predecessor left (their hosts outlive it) before
-        their units start again: two processes must never drive one device."""
-        for name, (host, pid) in runstate.read_json(self.remote_file).items():
+        """The remote device processes a dead predecessor left (their hosts outlive it) must be gone
+        before their units start again: two processes must never drive one device."""
+        for name, where in runstate.read_json(self.remote_file).items():
             unit = self.registry.get(name)
-            if unit is None:
-                continue
-            unit.reaping = True
-            self.reaps.append((host, pid, name))
-            self.reap(host, pid)
-            # If no reaper confirms (its host is unreachable), the old process ends by itself once
-            # its watchdog hears no heartbeat; launch only after that.
-            self.actor.after(unit.supervision.watchdog_s + REAP_MARGIN_S, ReapDeadline(name, pid))
-
-    def reaped(self, message: Reaped) -> None:
-        """A reaper is done: launch the unit that waited for it, if its old process is gone."""
-        for host, pid, name in list(self.reaps):
-            if (host, pid) == (message.host, message.pid) and message.gone:
-                self.reaps.remove((host, pid, name))
-                self.reap_finished(name)
-
-    def reap_deadline(self, timer: ReapDeadline) -> None:
-        for entry in [r for r in self.reaps if r[1:] == (timer.pid, timer.unit)]:
-            self.reaps.remove(entry)
-            log.warning("%s: no reaper confirmed the end of old process %d; its watchdog has ended it by now",
-                        timer.unit, timer.pid, extra={"device": timer.unit})
-            self.reap_finished(timer.unit)
-
-    def reap_finished(self, name: str) -> None:
-        unit = self.registry[name]
-        if unit.reaping:
-            unit.reaping = False
-            self.actor.launch(unit)
+            if unit is not None and len(where) == 3:
+                _host, pid, started = where
+                unit.stale = (pid, started)
+                self.remote_pids[name] = tuple(where)

@@ -274,7 +274,7 @@ class DeviceInfo:
     driver: str
     host: str
     pid: int | None
-    state: str           # starting, running, restarting, failed, stopped
+    state: str           # starting, running, restarting, failed, stopped, lost (its host unreachable)
     restarts: int
     uptime_s: float | None
     last_error: str | None
@@ -292,6 +292,20 @@ class DeviceInfo:
 
 
 @frozen
+class HostInfo:
+    """A member host's line in `labctl status`."""
+    name: str
+    address: str
+    state: str           # waiting (has not joined yet), joined, lost
+    since: float         # wall-clock time of its last change of state
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "state": self.state, "since": round(self.since, 3),
+                "reason": self.reason}
+
+
+@frozen
 class LabStatus:
     """The whole registry, as `labctl status` shows it."""
     request_id: str
@@ -301,9 +315,11 @@ class LabStatus:
     supervisor_pid: int = 0
     admin_pid: int = 0
     keeper_pid: int = 0
+    hosts: tuple[HostInfo, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return {"lab": self.lab, "port": self.port, "devices": [d.as_json() for d in self.devices]}
+        return {"lab": self.lab, "port": self.port, "devices": [d.as_json() for d in self.devices],
+                "hosts": [h.as_json() for h in self.hosts]}
 
 
 @frozen

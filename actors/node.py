@@ -33,7 +33,8 @@ class Node(Keeper):
     def start(self) -> None:
         """Wait for the leader, then start this host's admin and join it; raises LabError saying why not."""
         processes.become_subreaper()
-        clear_port(self.lab.port, self.lab.bind)
+        # What a killed node left (its admin ends with it, a moment later) is cleared, not refused.
+        clear_port(self.lab.port, self.lab.bind, keeper_only=True)
         # A member that registers before its leader listens is not retried for minutes; wait instead.
         delay = 0.1
         while not processes.port_answers(self.leader[1], self.leader[0]):

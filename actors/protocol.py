@@ -34,6 +34,7 @@ class UnitStarted:
     unit: str
     incarnation: int
     pid: int
+    started: int = 0    # its start time on its own host: with the pid, names this very process there
 
 
 @frozen
@@ -135,17 +136,34 @@ class DeviceNotice:
 
 @frozen
 class Reap:
-    """Supervisor -> Reaper: kill this device process on your host, answer Reaped once it is gone."""
+    """Supervisor -> HostAgent: kill this device process on your host (the one that started at
+    `started`), answer Reaped once it is gone."""
     pid: int
     host: str = ""
+    started: int = 0
 
 
 @frozen
 class Reaped:
-    """Reaper -> supervisor: the process is gone (or `gone` is False: it would not die)."""
+    """HostAgent -> supervisor: the process is gone (or `gone` is False: it would not die)."""
     pid: int
     host: str
     gone: bool
+
+
+@frozen
+class HostPing:
+    """Supervisor -> HostAgent: a host heartbeat; also how long the agent may hear none."""
+    host: str
+    seq: int
+    watchdog_s: float
+
+
+@frozen
+class HostPong:
+    """HostAgent -> supervisor: heartbeat answer from a member host."""
+    host: str
+    seq: int
 
 
 @frozen

@@ -25,6 +25,7 @@ class Phase(enum.StrEnum):
     RESTARTING = "restarting"
     FAILED = "failed"
     STOPPED = "stopped"
+    LOST = "lost"          # its host is unreachable; it starts again when the host is back
 
 
 @attrs.define
@@ -47,7 +48,8 @@ class UnitState:
     cause: str | None = None       # why its current process ended or is being ended (failure, kill)
     exit_plan: str | None = None   # why we asked it to end: "restart", "stop" or "fail"
     waiting: bool = False          # failed only because its unit or host is not there (yet)
-    reaping: bool = False          # a process of a previous supervisor may still run it: wait
+    stale: tuple | None = None     # (pid, start time) of its last process on a member host, until confirmed gone
+    launch_pending: bool = False   # waiting to start: for its host, or for its old process to be gone
     descriptions: dict = attrs.Factory(dict)
     lane: Any = None               # messages.Lane of its current process, once it runs
     served: dict = attrs.Factory(dict)   # device -> [answered, failed] on lanes, as reported
@@ -154,8 +156,8 @@ class Registry:
         """Whether no unit has a process."""
         return all(u.address is None for u in self.units.values())
 
-    def status(self, request_id: str, keeper_pid: int) -> LabStatus:
-        """The registry as LabStatus, one line per device and sub-device."""
+    def status(self, request_id: str, keeper_pid: int, hosts: tuple = ()) -> LabStatus:
+        """The registry as LabStatus, one line per device and sub-device (and the member `hosts`)."""
         now = time.monotonic()
         infos = []
         subs: dict[str, list[str]] = {}  # device -> its sub-devices, in one pass (a lab may have hundreds)
@@ -176,4 +178,4 @@ class Registry:
                                             or name in unit.degraded, unit.name,
                                             tuple(unit.served.get(name, (0, 0)))))
         return LabStatus(request_id, self.lab.name, self.lab.port, tuple(infos), os.getpid(), os.getppid(),
-                         keeper_pid)
+                         keeper_pid, hosts)

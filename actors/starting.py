@@ -34,7 +34,7 @@ class Starts:
 
     def launch(self, unit: UnitState) -> None:
         """Create the unit's process (probing its floating devices first)."""
-        if self.actor.stopping or unit.reaping:
+        if self.actor.stopping or not self.actor.hosts.may_launch(unit):
             return
         floating = [d for d in unit.spec.devices if d.uid is not None]
         if floating and unit.candidates is None:
@@ -45,6 +45,7 @@ class Starts:
                 self.queued.append((unit, unit.start_token))
             return
         candidates, unit.candidates = unit.candidates or {}, None  # each (re)start probes afresh
+        unit.launch_pending = False
         self.starting.add(unit.name)
         try:
             address = self.actor.createActor(DeviceHost, targetActorRequirements={HOST_CAPABILITY: unit.spec.host})
@@ -87,9 +88,9 @@ class Starts:
         if unit is None or unit.incarnation != message.incarnation or unit.address is None:
             return
         unit.pid = message.pid
-        if not self.actor.registry.remote(unit):
-            unit.pid_started = processes.start_time(message.pid)
-        self.actor.liveness.remember(unit, message.pid)
+        remote = self.actor.registry.remote(unit)
+        unit.pid_started = message.started if remote else processes.start_time(message.pid)
+        self.actor.liveness.remember(unit, message.pid, message.started)
         unit.constructing_since = time.monotonic()
         self.actor.send(unit.address, Construct(unit.incarnation))
 
@@ -103,7 +104,9 @@ class Starts:
         if unit.waiting:  # it was waiting for its unit or host, not crashing: that error is over
             unit.last_error, unit.waiting = None, False
         self.actor.registry.learn_names(unit, message.devices)
-        unit.lane = message.lane
+        # Devices on member hosts are reached through the supervisor, which knows when their host is
+        # lost: a request in flight there fails at that moment, not at the client's timeout.
+        unit.lane = None if self.actor.registry.remote(unit) else message.lane
         self.actor.router.lanes_changed()
         unit.degraded.clear()
         self.ended(unit)

@@ -15,23 +15,25 @@ import signal
 import time
 from datetime import timedelta
 
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
+from thespian.actors import (Actor, ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, PoisonMessage,
+                             WakeupMessage)
 
 from . import failures, families, lanes, logs, policy, processes, runstate
 from .actorsystem import EXIT_CODES
 from .eventfeed import EventFeed
+from .hosts import Hosts
 from .liveness import Liveness
 from .messages import (DescribeDevice, DeviceRequest, GetEvents, GetLabStatus, GetLanes, InitLab, Reply, Request,
                        RestartDevice, StopLab, WhyEnded)
-from .protocol import (DeviceNotice, Done, Hung, LaneDone, NotStarted, Pong, ProbeResult, Reaped, UnitFailed,
-                       UnitReady, UnitStarted)
+from .protocol import (DeviceNotice, Done, HostPong, Hung, LaneDone, NotStarted, Pong, ProbeResult, Reaped,
+                       UnitFailed, UnitReady, UnitStarted)
 from .probing import Probing
 from .registry import Phase, Registry, UnitState
 from .routing import Router
 from .starting import Starts
 from .valvelocks import ValveLocks
-from .timers import (Beat, EventsDue, ExitRecheck, InitTimeout, Launch, ReapDeadline, ReapTimeout, StopTimeout,
-                     LanesDue, WhyDue)
+from .timers import (Beat, EventsDue, ExitRecheck, HostBeat, HostsDue, InitTimeout, LanesDue, Launch, StopTimeout,
+                     WhyDue)
 
 log = logging.getLogger("labctl.supervisor")
 
@@ -45,6 +47,7 @@ class Supervisor(Actor):
         super().__init__(*args, **kwargs)
         logs.adopt_inherited_loggers()  # this module's loggers were made in the keeper, before the fork
         self.lab = self.registry = self.router = self.liveness = self.probing = self.starts = self.locks = None
+        self.hosts = None
         self.events = EventFeed(self)
         self.keeper_pid = 0
         self.run_dir = ""
@@ -55,10 +58,13 @@ class Supervisor(Actor):
             WakeupMessage: lambda m, s: self.wakeup(m.payload), ChildActorExited: lambda m, s: self.child_exited(m),
             UnitStarted: lambda m, s: self.starts.unit_started(m), Hung: lambda m, s: self.liveness.hung(m),
             NotStarted: lambda m, s: self.router.not_started(m.request_ids, m.why),
-            Reaped: lambda m, s: self.liveness.reaped(m), UnitReady: lambda m, s: self.starts.unit_ready(m),
+            Reaped: lambda m, s: self.hosts.reaped(m), UnitReady: lambda m, s: self.starts.unit_ready(m),
+            HostPong: lambda m, s: self.hosts.pong(m),
+            ActorSystemConventionUpdate: lambda m, s: self.hosts.convention_update(m),
             UnitFailed: lambda m, s: self.starts.unit_failed(m), DeviceNotice: lambda m, s: self.device_notice(m),
             ProbeResult: lambda m, s: self.probing.result(m), InitLab: self.init_lab,
-            GetLabStatus: lambda m, s: self.send(s, self.registry.status(m.request_id, self.keeper_pid)),
+            GetLabStatus: lambda m, s: self.send(s, self.registry.status(m.request_id, self.keeper_pid,
+                                                                         self.hosts.status())),
             GetEvents: self.events.get, DescribeDevice: lambda m, s: self.router.describe(m, s),
             GetLanes: lambda m, s: self.router.lanes(m, s), LaneDone: lambda m, s: self.registry.lane_done(m),
             WhyEnded: lambda m, s: self.router.why_ended(m, s),
@@ -69,8 +75,8 @@ class Supervisor(Actor):
         self.timers = {
             Launch: lambda t: self.starts.launch_due(t), Beat: lambda t: self.liveness.beat_due(t),
             InitTimeout: lambda t: self.liveness.init_timeout(t), StopTimeout: lambda t: self.liveness.stop_timeout(t),
-            ExitRecheck: lambda t: self.liveness.exit_due(t), ReapTimeout: lambda t: self.liveness.exit_due(t),
-            ReapDeadline: lambda t: self.liveness.reap_deadline(t), EventsDue: self.events.due,
+            ExitRecheck: lambda t: self.liveness.exit_due(t), HostBeat: lambda t: self.hosts.beat(t),
+            HostsDue: lambda t: self.hosts.hosts_due(t), EventsDue: self.events.due,
             WhyDue: lambda t: self.router.why_due(t), LanesDue: lambda t: self.router.publish_lanes(t),
         }
 
@@ -108,6 +114,7 @@ class Supervisor(Actor):
             self.run_dir = str(runstate.lab_dir(self.lab.port))
             self.router, self.probing = Router(self, self.registry), Probing(self, self.registry)
             self.liveness = Liveness(self, self.registry, self.run_dir)
+            self.hosts = Hosts(self, self.registry)
             self.starts = Starts(self)
             self.locks = ValveLocks(self.lab.log_dir)
             log.info("lab %s: starting %d devices in %d processes", self.lab.name, len(self.lab.devices),
@@ -118,6 +125,7 @@ class Supervisor(Actor):
                 self.events.restore_records(self.registry)
                 self.events.event("lab", "recovered", supervisor=message.incarnation, pid=os.getpid())
                 self.liveness.reap_previous()
+            self.hosts.start()
             for unit in self.registry:
                 self.events.emit(unit, "starting")
                 self.launch(unit)
@@ -147,8 +155,23 @@ class Supervisor(Actor):
         self.after(unit.supervision.stop_timeout_s, StopTimeout(unit.name, unit.incarnation))
 
     def child_exited(self, message: ChildActorExited) -> None:
-        if not self.probing.ended(message.childAddress):
+        if not self.probing.ended(message.childAddress) and not self.hosts.agent_ended(message.childAddress):
             self.process_ended(message.childAddress)
+
+    def unit_lost(self, unit: UnitState, cause: str) -> None:
+        """A unit's host is unreachable: what was in flight there fails now, and the unit waits for its
+        host (its process there ends itself, or is confirmed gone before another starts)."""
+        pid = unit.pid
+        if pid:
+            unit.stale = (pid, unit.pid_started or 0)
+        unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
+        unit.state, unit.last_error, unit.launch_pending = Phase.LOST, cause, True
+        self.starts.ended(unit)
+        self.events.emit(unit, "lost", cause=cause, pid=pid)
+        self.router.fail_inflight(unit, cause, pid)
+        self.router.lanes_changed()
+        self.events.keep_record(unit)
+        self.check_stopped()
 
     def process_ended(self, address) -> None:
         """A unit's process ended: answer what was in flight there, then stop, fail or restart it."""
@@ -166,7 +189,12 @@ class Supervisor(Actor):
             # socket file and its cameras' rings in shared memory behind
             families.kill_group(unit.pid, self.run_dir, leader_started=unit.pid_started)
             lanes.remove_leftovers(self.run_dir, self.lab.port, unit.pid)
-        self.liveness.forget(unit)
+            self.liveness.forget(unit)
+        elif unit.pid:
+            # On a member host an exit is only reported (or assumed, by Thespian, of a silent host): its
+            # host's agent confirms the process gone, killing it if need be, before another starts.
+            unit.stale = (unit.pid, unit.pid_started or 0)
+            self.hosts.reap(unit)
         ran = time.monotonic() - unit.running_since if unit.running_since is not None else 0.0
         init_timeout = unit.supervision.init_timeout_s
         constructing = time.monotonic() - unit.constructing_since if unit.constructing_since is not None else 0.0
@@ -178,6 +206,7 @@ class Supervisor(Actor):
         unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
         self.starts.ended(unit)
         if plan == "stop" or self.stopping:
+            unit.launch_pending = False
             self.settle(unit, Phase.STOPPED)
         elif plan == "fail":
             unit.state = Phase.FAILED
@@ -275,6 +304,7 @@ class Supervisor(Actor):
         self.probing.stop()
         for unit in self.registry:
             unit.start_token += 1  # cancels pending launches
+            unit.launch_pending = False
             if unit.address is not None:
                 self.end(unit, "stop")
             else:

@@ -44,20 +44,6 @@ class ExitRecheck:
 
 
 @frozen
-class ReapTimeout:
-    """A remote process's Reaper has not confirmed its end: treat it as ended."""
-    unit: str
-    incarnation: int
-
-
-@frozen
-class ReapDeadline:
-    """A predecessor's remote process is certainly gone by now (its own watchdog ended it)."""
-    unit: str
-    pid: int
-
-
-@frozen
 class EventsDue:
     """A long-poll for events has waited as long as it asked."""
     token: int
@@ -73,3 +59,13 @@ class WhyDue:
 @frozen
 class LanesDue:
     """Time to publish the devices' lanes in the run folder (changes are gathered, not written one by one)."""
+
+
+@frozen
+class HostBeat:
+    """Ping every joined member host; count the unanswered."""
+
+
+@frozen
+class HostsDue:
+    """The declared hosts had their time to join: units on one that did not are failed, saying so."""

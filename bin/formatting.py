@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from labctl.actors.messages import Image, LabStatus
@@ -70,4 +71,10 @@ def status_table(status: LabStatus) -> str:
         error = (d.last_error or "").splitlines()[0][:80] if d.last_error else None
         rows.append([d.name, d.driver, d.host, d.pid, state, d.restarts, duration(d.uptime_s), error])
     head = f"lab {status.lab} on port {status.port}"
-    return head + "\n" + table(["NAME", "DRIVER", "HOST", "PID", "STATE", "RESTARTS", "UPTIME", "LAST ERROR"], rows)
+    text = head + "\n" + table(["NAME", "DRIVER", "HOST", "PID", "STATE", "RESTARTS", "UPTIME", "LAST ERROR"], rows)
+    if status.hosts:
+        now = time.time()
+        hosts = [[h.name, h.address, h.state, f"{duration(max(0.0, now - h.since))} ago", h.reason]
+                 for h in status.hosts]
+        text += "\n\n" + table(["HOST", "ADDRESS", "STATE", "SINCE", "WHY"], hosts)
+    return text

@@ -244,9 +244,6 @@ def node(name: str, leader: str, port: int, bind: str, log_dir: str | None, key_
             key = labkey.for_lab(int(leader_port), key_file)
         except LabError as exc:
             fail(str(exc))
-    # A member re-registers with its leader every CONVENTION_REREGISTRATION_PERIOD (Thespian's
-    # default: 7 min 22 s); every 5 s, it rejoins a leader that restarted.
-    os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:05")
     guard = Node(name, (address, int(leader_port)), port, bind, log_dir or os.path.join("logs", f"node-{name}"), key)
 
     def started() -> None:

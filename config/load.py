@@ -137,7 +137,7 @@ class _Checker:
         self.unknown_keys(data, "", ("lab", "hosts", "supervision", "devices", "groups"))
         section = self.table(data, "", "lab")
         self.unknown_keys(section, "lab", ("name", "port", "bind", "log_dir", "host", "max_argument_bytes",
-                                              "key_file", "max_packet_mb"))
+                                              "key_file", "max_packet_mb", "hosts_wait_s"))
         stem = Path(self.file).stem
         name = self.value(section, "lab", "name", str, stem if _NAME.match(stem) else "lab")
         if name is not None and not _NAME.match(name):
@@ -147,11 +147,7 @@ class _Checker:
             self.problem("lab.port", f"port {port} is out of range 1..65535")
         bind = self.value(section, "lab", "bind", str, "127.0.0.1")
         if bind is not None:
-            try:
-                if ipaddress.ip_address(bind).version != 4:
-                    self.problem("lab.bind", f"expected an IPv4 address such as 127.0.0.1, got {bind!r}")
-            except ValueError:
-                self.problem("lab.bind", f"expected an IPv4 address such as 127.0.0.1, got {bind!r}")
+            self.check_address("lab.bind", bind)
         log_dir = self.value(section, "lab", "log_dir", str, "") or os.path.join("logs", str(name))
         host = self.value(section, "lab", "host", str, DEFAULT_HOST)
         if host is not None and not _NAME.match(host):
@@ -170,6 +166,11 @@ class _Checker:
                                               "e.g. a camera frame, the lab accepts)")
             max_packet_mb = None
 
+        hosts_wait_s = self.value(section, "lab", "hosts_wait_s", float, 20.0)
+        if hosts_wait_s is not None and not 0 <= hosts_wait_s <= 3600:
+            self.problem("lab.hosts_wait_s", f"{hosts_wait_s:g} is out of range 0..3600 (seconds `up` waits for the "
+                                             "declared hosts to join)")
+            hosts_wait_s = None
         hosts = self.hosts(self.table(data, "", "hosts"))
         defaults = self.supervision(self.table(data, "", "supervision"), "supervision", Supervision())
         raw_groups = self.table(data, "", "groups")
@@ -183,7 +184,23 @@ class _Checker:
                    bind=bind or "127.0.0.1", log_dir=os.path.abspath(log_dir), host=host or DEFAULT_HOST,
                    hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups),
                    max_argument_bytes=max_argument_bytes or 1 << 20, key_file=key_file or "",
-                   max_packet_mb=max_packet_mb or 64)
+                   max_packet_mb=max_packet_mb or 64,
+                   hosts_wait_s=20.0 if hosts_wait_s is None else hosts_wait_s)
+
+    def check_address(self, path: str, address: str) -> None:
+        """An address this lab can listen on and advertise: one IPv4 address, not a wildcard."""
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.version != 4:
+            self.problem(path, f"expected an IPv4 address such as 127.0.0.1, got {address!r}")
+        elif parsed.is_unspecified:
+            # Every actor advertises the address it binds; 0.0.0.0 is no address another host can reach
+            # (remote devices never start), and it would open every port of the lab on every network.
+            self.problem(path, f"{address} means every interface, which no other host can connect to: give the "
+                               "one address of this machine that the lab's clients and hosts reach, e.g. "
+                               "192.168.1.10 (127.0.0.1 for a lab on this machine only)")
 
     def check_interlocks(self, devices: list[Device], group_of: dict[str, Group]) -> None:
         """An interlock on another controller's valve (`device:valve`) must name a valve that exists,
@@ -228,7 +245,14 @@ class _Checker:
             port = self.value(spec, path, "port", int, 0)
             if port and not 1 <= port <= 65535:
                 self.problem(f"{path}.port", f"port {port} is out of range 1..65535")
-            hosts[name] = Host(name, self.value(spec, path, "address", str, ""), port or 0)
+            address = self.value(spec, path, "address", str, "")
+            if "address" not in spec:
+                # A node is accepted only from its declared address: without one, anyone could pose as it.
+                self.problem(f"{path}.address", "missing: the address this host's node listens on (`labctl node "
+                                                f"{name} --bind ADDRESS`); only a node there is accepted as {name!r}")
+            elif address is not None:
+                self.check_address(f"{path}.address", address)
+            hosts[name] = Host(name, address or "", port or 0)
         return hosts
 
     def supervision(self, section: dict, path: str, base: Supervision, only_known: bool = True) -> Supervision:

@@ -125,6 +125,7 @@ class Lab:
     max_argument_bytes: int = 1 << 20                  # a call's arguments, pickled, may be no larger
     key_file: str = ""                                 # the lab key to use; default: a new one per start
     max_packet_mb: int = 64                            # the largest packet (a camera frame) the lab accepts
+    hosts_wait_s: float = 20.0                         # how long `up` waits for the declared hosts to join
 
     def device(self, name: str) -> Device:
         """The device called `name` (KeyError if none)."""

@@ -131,6 +131,16 @@ class Lab:
                 raise AssertionError(f"timed out waiting for {what}; status: {json.dumps(status, indent=1)}")
             time.sleep(0.05)
 
+    def record(self, port: int | None = None, timeout: float = 20.0) -> dict:
+        """The run record of the lab (or node) on `port`, once written."""
+        path = self.dir / "run" / f"lab-{port or self.port}.json"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no run record {path} after {timeout:g} s")
+            time.sleep(0.05)
+        return json.loads(path.read_text())
+
     @property
     def key_file(self) -> Path:
         """Where `labctl up` keeps this lab's key."""

@@ -28,18 +28,19 @@ heartbeat_s = 0.25
 heartbeat_misses = 2
 [devices.furnace]
 driver = "sim-furnace"
-""")
-    up = lab.up()  # no node yet: the remote device waits, the others run
+""", hosts_wait_s=1)
+    up = lab.up()  # no node yet: up waits hosts_wait_s for it, then says which host did not join
     assert up.returncode == 1
     waiting = lab.device("valves")
-    assert waiting["state"] == "failed" and "host 'pi' is not connected" in waiting["last_error"]
+    assert waiting["state"] == "failed" and "host 'pi' did not join within 1 s" in waiting["last_error"]
+    assert f"labctl node pi --bind 127.0.0.1 --leader 127.0.0.1:{lab.port}" in waiting["last_error"]
     assert waiting["restarts"] == 0 and lab.device("furnace")["state"] == "running"
 
     node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
     try:
         status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running", what="valves placed on pi")
         pid = status["devices"][0]["pid"]
-        node_record = json.loads((lab.dir / "run" / f"lab-{node_port}.json").read_text())
+        node_record = lab.record(node_port)  # the node writes it once its admin runs
         assert processes.parent_of(pid) == node_record["admin_pid"]  # it runs under the node's admin
         assert lab.labctl("send", "valves", "OpenValve", "B").stdout.strip() == "open"
 

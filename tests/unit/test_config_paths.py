@@ -31,8 +31,13 @@ HOSTS = [
     ("[hosts.'pi 4']\naddress = '10.0.0.2'\n", ["hosts.pi 4"], "is not a usable host name"),
     ("hosts = 3\n", ["hosts"], "expected a table, got an integer"),
     # two hosts: each problem is reported at its own host
-    ("[hosts.pi]\nport = 0\n[hosts.qi]\nport = 99999\n", ["hosts.qi.port"], "port 99999 is out of range"),
-    ("[hosts.pi]\nport = -1\n[hosts.qi]\nport = 99999\n", ["hosts.pi.port", "hosts.qi.port"], "port -1"),
+    ("[hosts.pi]\naddress = '10.0.0.2'\nport = 0\n[hosts.qi]\naddress = '10.0.0.3'\nport = 99999\n",
+     ["hosts.qi.port"], "port 99999 is out of range"),
+    ("[hosts.pi]\naddress = '10.0.0.2'\nport = -1\n[hosts.qi]\naddress = '10.0.0.3'\nport = 99999\n",
+     ["hosts.pi.port", "hosts.qi.port"], "port -1"),
+    # a node is accepted only from its declared address: one is required, and a wildcard is none
+    ("[hosts.pi]\nport = 1950\n", ["hosts.pi.address"], "missing: the address this host's node listens on"),
+    ("[hosts.pi]\naddress = '0.0.0.0'\n", ["hosts.pi.address"], "0.0.0.0 means every interface"),
 ]
 
 GROUPS = [
@@ -112,6 +117,15 @@ def test_a_hosts_problem_names_its_whole_key_path(extra, paths, words):
     check(extra, paths, words)
 
 
+@pytest.mark.parametrize("lab_keys, path, words", [
+    ("bind = '0.0.0.0'", "lab.bind", "0.0.0.0 means every interface, which no other host can connect to"),
+    ("hosts_wait_s = -1", "lab.hosts_wait_s", "out of range 0..3600"),
+])
+def test_a_wildcard_bind_and_a_bad_host_wait_are_refused(lab_keys, path, words):
+    found = problems_in(BASE.replace('name = "paths"', f'name = "paths"\n{lab_keys}'))
+    assert [p.path for p in found] == [path] and words in found[0].message, [str(p) for p in found]
+
+
 @pytest.mark.parametrize("extra, paths, words", GROUPS, ids=[f"{c[1]}:{c[2][:24]}" for c in GROUPS])
 def test_a_groups_problem_names_its_whole_key_path(extra, paths, words):
     check(extra, paths, words)
@@ -148,7 +162,7 @@ def test_valid_hosts_groups_and_emulator_are_read_as_written():
 
 def test_check_prints_each_sections_problem_with_file_and_whole_key_path(tmp_path):
     file = tmp_path / "lab.toml"
-    file.write_text(BASE + "[hosts.pi]\nport = 70000\n[groups.optics]\ndevices = ['valves']\nprocess = 'together'\n"
+    file.write_text(BASE + "[hosts.pi]\naddress = '10.0.0.2'\nport = 70000\n[groups.optics]\ndevices = ['valves']\nprocess = 'together'\n"
                     + FURNACE + "[devices.furnace.emulator]\nkind = 'toaster'\n")
     result = subprocess.run([sys.executable, "-m", "labctl.bin.cli", "check", str(file)], capture_output=True,
                             text=True, timeout=60)

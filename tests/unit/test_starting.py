@@ -17,6 +17,7 @@ class FakeSupervisor:
         self.created, self.stopping, self.run_dir, self._myRef = [], False, "/nonexistent", None
         self.lab = types.SimpleNamespace(max_argument_bytes=1 << 20, log_dir="/nonexistent", port=1)
         self.locks = types.SimpleNamespace(of=lambda device: {})
+        self.hosts = types.SimpleNamespace(may_launch=lambda unit: True)  # every unit here is the leader's own
 
     def createActor(self, cls, targetActorRequirements=None):
         self.created.append(object())
