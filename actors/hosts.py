@@ -116,8 +116,9 @@ class Hosts:
         if message.remoteAdded:
             host.admin = message.remoteAdminAddress
             log.info("host %s joined from %s", name, message.remoteAdminAddress)
-            if host.agent is None:
-                self.place_agent(host)
+            # A new member (a node started, or started again): a new agent. An old one there ends by its
+            # own watchdog; its exit, if ever reported, no longer names this host's agent.
+            self.place_agent(host)
             self.answering(host)
         else:
             host.admin = None

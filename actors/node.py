@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 
 from labctl.config.schema import Lab
 
@@ -17,6 +18,8 @@ from . import labkey, processes, runstate
 from .actorsystem import start_admin
 from .errors import LabError
 from .keeper import Keeper, clear_port
+
+ADOPTION_S = 5.0
 
 
 class Node(Keeper):
@@ -49,10 +52,16 @@ class Node(Keeper):
         labkey.install(self.lab.port, self.key)  # so that `labctl down --port` on this host can reach it
         self.system = start_admin(self.lab.port, self.lab.bind, self.lab.host, self.lab.name, self.lab.log_dir,
                                   self.key, leader=self.leader)
-        # The admin detached itself (double fork); as subreaper we adopted it: it is our child that
-        # listens on the port (the logger listens there too, but is the admin's child).
-        admin = next((pid for pid in processes.port_listeners(self.lab.port)
-                      if processes.parent_of(pid) == os.getpid()), 0)
+        # The admin detached itself (double fork); as subreaper we adopt it once the middle process has
+        # exited: then it is our child that listens on the port (the logger listens there too, but is
+        # the admin's child).
+        deadline, admin = time.monotonic() + ADOPTION_S, 0
+        while not admin and time.monotonic() < deadline:
+            admin = next((pid for pid in processes.port_listeners(self.lab.port)
+                          if processes.parent_of(pid) == os.getpid()), 0)
+            if not admin:
+                processes.reap_children()
+                time.sleep(0.01)
         if not admin:
             raise LabError(f"the admin of host {self.lab.host} did not start on port {self.lab.port}")
         self.record = runstate.LabRecord.of(self.lab.port, self.lab.name, "", self.lab.log_dir, admin,
