@@ -489,12 +489,17 @@ class DeviceHost(PlacedActor):
         of the processes its drivers started."""
         sup = self.spec.supervision
         silent = time.monotonic() - self.last_heard
+        # Looked at again the moment the silence would pass watchdog_s: a process on a lost host
+        # ends itself within watchdog_s of the last heartbeat it heard, not up to twice that.
+        next_look = sup.watchdog_s - silent + 0.01
         if silent > sup.watchdog_s and os.getppid() == self.spec.supervisor_pid:
             # The supervisor is this process's parent and alive (its death would have ended us, by
             # the parent-death signal): it is busy or stalled, which is no reason to end a device.
             log.warning("no word from the supervisor for %.1f s; it is alive, so it is busy: staying up", silent)
+            next_look = sup.watchdog_s
         elif silent > sup.watchdog_s:
-            # The supervisor is gone (a remote host's parent-death signal cannot reach us).
+            # The supervisor is gone, or cannot reach this host (a remote host's parent-death signal
+            # cannot reach us): end, closing the drivers, before anyone may start another process of them.
             log.error("no word from the supervisor for %.1f s; shutting down", silent)
             self.send(self.myAddress, ActorExitRequest())
             return
@@ -502,7 +507,7 @@ class DeviceHost(PlacedActor):
         if 0 < sup.memory_max_mb < used:
             self.over_memory(used, sup.memory_max_mb)
         else:
-            self.wakeupAfter(timedelta(seconds=MEMORY_CHECK_S if sup.memory_max_mb else sup.watchdog_s),
+            self.wakeupAfter(timedelta(seconds=min(MEMORY_CHECK_S, next_look) if sup.memory_max_mb else next_look),
                              payload="watchdog")
 
     def over_memory(self, used: float, limit: int) -> None:

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 C = "tests/integration/test_contracts.py::"
 L = "tests/integration/test_lanes.py::"
 P = "tests/integration/test_pychron_gateway.py::"
+N = "tests/integration/test_netns.py::"
 INFLIGHT = C + "test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent"
 RESEND_SETUP = [
     ("actors/routing.py", "        self.inflight: dict[str, InFlight] = {}\n",
@@ -159,6 +160,31 @@ MUTANTS = [
     ("27", "the device host sends every lane reply twice", [("actors/lanedesk.py",
         "        conn.send(reply)\n", "        conn.send(reply)\n        conn.send(reply)\n")],
      [L + "test_each_request_on_the_lane_gets_exactly_one_reply"]),
+    ("28", "a unit on a member host starts again before its old process is confirmed gone", [("actors/hosts.py",
+        "        if unit.stale is not None:  # never two", "        if False:  # never two")],
+     [N + "test_a_short_blip_keeps_no_second_copy"]),
+    ("29", "a host that stops answering heartbeats is never declared lost", [("actors/hosts.py",
+        "            if host.state == JOINED and host.misses >= self.max_misses:", "            if False:")],
+     [N + "test_a_pulled_link_loses_the_host_fast_and_it_comes_back_without_two_copies"]),
+    ("30", "requests in flight on a lost host are not failed when it is declared lost", [("actors/supervisor.py",
+        "        self.router.fail_inflight(unit, cause, pid)\n        self.router.lanes_changed()\n        self.events.keep_record(unit)\n",
+        "        self.router.lanes_changed()\n        self.events.keep_record(unit)\n")],
+     [N + "test_a_pulled_link_loses_the_host_fast_and_it_comes_back_without_two_copies"]),
+    ("31", "the leader accepts a node whatever host name and address it gives", [("actors/actorsystem.py",
+        "            if why:\n                if (name, address)", "            if False:\n                if (name, address)")],
+     [N + "test_a_node_posing_as_a_declared_host_is_refused"]),
+    ("32", "a node's admin outlives the node", [("actors/actorsystem.py",
+        "            if _admin_ends_with.pid:\n", "            if False:\n")],
+     [N + "test_a_killed_node_takes_its_processes_with_it_and_comes_back"]),
+    ("33", "a member keeps Thespian's periods: it rejoins a restarted leader after minutes", [("actors/actorsystem.py",
+        "    convention.CONVENTION_RESTART_PERIOD = CONVENTION_PERIOD\n", "")],
+     [N + "test_nodes_rejoin_a_restarted_leader_within_seconds"]),
+    ("34", "a host's units are not started when it answers again", [("actors/hosts.py",
+        "                self.actor.launch(unit)\n\n    def lose(", "                pass\n\n    def lose(")],
+     [N + "test_a_pulled_link_loses_the_host_fast_and_it_comes_back_without_two_copies"]),
+    ("35", "`up` does not wait for the declared hosts", [("actors/hosts.py",
+        "        self.waited = not self.hosts   # the declared", "        self.waited = True   # the declared")],
+     [N + "test_nodes_rejoin_a_restarted_leader_within_seconds"]),
 ]
 
 
