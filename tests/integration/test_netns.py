@@ -234,3 +234,19 @@ def test_a_node_posing_as_a_declared_host_is_refused(net):
     assert f"refused a node at {net.addresses['rogue']}" in log and "host 'a' is declared at" in log
     assert f"dropped a packet from {net.addresses['b']}" in log
     assert devices["furnace"]["state"] == "running"
+
+
+def test_a_host_is_lost_on_its_own_heartbeats_however_slow_its_devices_are(net):
+    # gauges is pinged every 5 s: the host's own heartbeats (every 0.3 s) are what finds it lost
+    write_lab(net)
+    net.config.write_text(net.config.read_text().replace(
+        'host = "b"\n', 'host = "b"\nheartbeat_s = 5.0\n'))
+    start_nodes(net, "a", "b")
+    assert net.up().returncode == 0
+    pulled = time.time()
+    net.link("b", up=False)
+    lost = net.wait_event(lambda e: e["kind"] == "host_lost" and e["detail"]["host"] == "b", what="host b lost")
+    assert lost["time"] - pulled <= LOSS_BOUND_S + 0.3, lost["time"] - pulled
+    assert lost["detail"]["reason"] == f"missed {HOST_MISSES} heartbeats {HOST_BEAT_S:g} s apart"
+    net.link("b", up=True)
+    net.wait_for(lambda s: running(s, "gauges"), what="gauges back")
