@@ -230,8 +230,10 @@ def node(name: str, leader: str, port: int, bind: str, log_dir: str | None, key_
     """Run host NAME of a multi-host lab: devices whose config says `host = "NAME"` run here.
 
     It joins the leader's lab and runs until Ctrl-C or SIGTERM, then stops every process it
-    started. Every packet between the lab's hosts carries a MAC under the lab key: give this host
-    a copy of the key file (see the README's threat model).
+    started; killed, it takes them with it. The leader accepts it only as a host its lab file
+    declares, from that host's declared address (--bind), and only with the lab key: every packet
+    between the lab's hosts carries a MAC under it. Give this host a copy of the key file (see the
+    README's threat model).
     """
     from labctl.actors.node import Node
 
