@@ -123,7 +123,8 @@ class Lanes:
             if record is None or bind != self.client.address:
                 return
             lanes = runstate.read_json(runstate.base_dir() / str(self.client.port) / runstate.LANES_FILE)["lanes"]
-            table = {name: Lane(r["unit"], r["pid"], tuple(r["devices"]), r["unix"], tuple(r["tcp"]), r["machine"])
+            table = {name: Lane(r["unit"], r["pid"], tuple(r["devices"]), r["unix"], tuple(r["tcp"]), r["machine"],
+                                r.get("member", False))
                      for name, r in lanes.items()}
         except (LabError, OSError, ValueError, KeyError, TypeError):
             return  # none here (another machine's lab), or unreadable: the supervisor is asked
@@ -186,11 +187,13 @@ class Lanes:
         return reader
 
     def channel(self, device: str, timeout: float) -> Channel:
-        """This thread's open connection to the device's process; NotTaken if there is no usable lane."""
+        """This thread's open connection to the device's process for requests; NotTaken if there is no
+        usable lane. A device on a member host is asked through the supervisor unless the lane was asked
+        for by name: the supervisor fails a request in flight there the moment the host is lost."""
         for attempt in range(2):
             lane = self.lane_of(device, timeout, refresh=attempt > 0)
             kind = self.kind_for(lane) if lane is not None else None
-            if kind is None:
+            if kind is None or (lane.member and self.mode == "auto"):
                 raise NotTaken()
             key = (lane.unit, lane.pid, kind)
             channels = self.channels()

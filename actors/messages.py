@@ -387,6 +387,7 @@ class Lane:
     unix: str                         # the socket's path, '' if none
     tcp: tuple[str, int]              # (address, port)
     machine: str                      # the device's machine (boot): its Unix socket is usable only there
+    member: bool = False              # on a member host: requests go through the supervisor (see Lanes.request)
 
 
 @frozen

@@ -23,7 +23,7 @@ PUBLISH_S = 0.05          # lanes that changed within this are published in one 
 def lane_record(lane) -> dict:
     """A Lane as JSON."""
     return {"unit": lane.unit, "pid": lane.pid, "devices": list(lane.devices), "unix": lane.unix,
-            "tcp": list(lane.tcp), "machine": lane.machine}
+            "tcp": list(lane.tcp), "machine": lane.machine, "member": lane.member}
 
 
 log = logging.getLogger("labctl.supervisor")

@@ -10,6 +10,8 @@ import os
 import time
 from collections import deque
 
+import attrs
+
 from . import policy, processes
 from .actorsystem import HOST_CAPABILITY, local_child_pid
 from .devicehost import DeviceHost
@@ -104,9 +106,11 @@ class Starts:
         if unit.waiting:  # it was waiting for its unit or host, not crashing: that error is over
             unit.last_error, unit.waiting = None, False
         self.actor.registry.learn_names(unit, message.devices)
-        # Devices on member hosts are reached through the supervisor, which knows when their host is
-        # lost: a request in flight there fails at that moment, not at the client's timeout.
-        unit.lane = None if self.actor.registry.remote(unit) else message.lane
+        # Requests to devices on member hosts go through the supervisor, which knows when their host is
+        # lost: a request in flight there fails at that moment, not at the client's timeout. Their lane
+        # still carries streams and notices.
+        remote = self.actor.registry.remote(unit)
+        unit.lane = attrs.evolve(message.lane, member=True) if remote and message.lane is not None else message.lane
         self.actor.router.lanes_changed()
         unit.degraded.clear()
         self.ended(unit)

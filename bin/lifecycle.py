@@ -193,6 +193,20 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
         client.close()
 
 
+def one_address(value: str) -> str:
+    """--bind: one IPv4 address of this machine, not a wildcard that no other host can connect to."""
+    import ipaddress
+
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise click.BadParameter(f"expected an IPv4 address such as 192.168.1.12, got {value!r}") from None
+    if address.is_unspecified:
+        raise click.BadParameter(f"{value} means every interface, which the leader cannot connect to: give this "
+                                 "machine's address on the lab's network")
+    return value
+
+
 @click.command()
 @lab_options
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the lab to stop.")
@@ -219,8 +233,9 @@ def down(port: int | None, config_file: str | None, timeout: float) -> None:
               help="Address and admin port of the lab's leader (where `labctl up` runs).")
 @click.option("--port", type=click.IntRange(1, 65535), default=1950, show_default=True,
               help="Admin port of this host.")
-@click.option("--bind", default="127.0.0.1", show_default=True,
-              help="The address this host listens on and advertises; the leader must reach it.")
+@click.option("--bind", default="127.0.0.1", show_default=True, callback=lambda ctx, param, value: one_address(value),
+              help="The address this host listens on and advertises: the leader must reach it, and its lab file "
+                   "must declare it as this host's [hosts.NAME] address.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where this host's logs go [default: ./logs/node-NAME].")
 @click.option("--key-file", type=click.Path(dir_okay=False), default=None,

@@ -185,6 +185,10 @@ MUTANTS = [
     ("35", "`up` does not wait for the declared hosts", [("actors/hosts.py",
         "        self.waited = not self.hosts   # the declared", "        self.waited = True   # the declared")],
      [N + "test_nodes_rejoin_a_restarted_leader_within_seconds"]),
+    ("36", "requests to a device on a member host go by its lane, which cannot tell a lost host", [
+        ("actors/laneclient.py", "            if kind is None or (lane.member and self.mode == \"auto\"):",
+         "            if kind is None:")],
+     [N + "test_a_pulled_link_loses_the_host_fast_and_it_comes_back_without_two_copies"]),
 ]
 
 

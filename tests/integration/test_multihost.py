@@ -15,7 +15,7 @@ from ..conftest import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_devices_run_on_the_host_the_config_names(lab):
+def test_devices_run_on_the_host_the_config_names(lab, client_for):
     node_port = free_port()
     lab.write(f"""
 [hosts.pi]
@@ -42,7 +42,11 @@ driver = "sim-furnace"
         pid = status["devices"][0]["pid"]
         node_record = lab.record(node_port)  # the node writes it once its admin runs
         assert processes.parent_of(pid) == node_record["admin_pid"]  # it runs under the node's admin
-        assert lab.labctl("send", "valves", "OpenValve", "B").stdout.strip() == "open"
+        # a remote device's changes still come by its lane; its requests go through the supervisor
+        with client_for(lab).notices("valves", timeout=20) as notices:
+            assert lab.labctl("send", "valves", "OpenValve", "B").stdout.strip() == "open"
+            notice = next(iter(notices))
+            assert (notice.device, notice.detail.get("valve"), notice.detail.get("state")) == ("valves", "B", "open")
 
         os.kill(pid, signal.SIGKILL)  # a remote crash is reported and restarted on the same host
         status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running" and s["devices"][0]["pid"] != pid)
