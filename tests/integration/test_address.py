@@ -43,3 +43,13 @@ conf = { shape = [64, 64] }
     assert down.returncode == 0 and "stopped" in down.stdout
     assert processes.wait_gone(lab.leftovers(), 5.0) == set()
     assert processes.wait_port_free(lab.port, ADDRESS, timeout=5.0)
+
+
+def test_a_wildcard_address_is_refused_with_the_reason(lab):
+    # every actor advertises the address it binds: 0.0.0.0 is one no other host can connect to
+    lab.write('[devices.valves]\ndriver = "sim-valves"\n', bind="0.0.0.0")
+    up = lab.up()
+    assert up.returncode == 1 and "lab.bind: 0.0.0.0 means every interface" in up.stderr, up.stderr
+    assert processes.port_is_free(lab.port)
+    node = lab.labctl("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--bind", "0.0.0.0")
+    assert node.returncode == 2 and "0.0.0.0 means every interface" in node.stderr, node.stderr
