@@ -10,6 +10,15 @@ from labctl.config.schema import Device as DeviceSpec
 from labctl.hardware import Device, NotPresent
 
 
+def as_driver(part) -> Device:
+    """A factory's part as a labctl driver: itself, or a python-microscope device wrapped."""
+    if isinstance(part, Device):
+        return part
+    from labctl.hardware.microscope_devices import wrap
+
+    return wrap(part)
+
+
 def build(spec: DeviceSpec, candidate: int | None, run_dir: str, emulators: list) -> dict[str, Device]:
     """{name: driver} for one configured device (a factory's parts as `device.part`); an emulator it
     starts is appended to `emulators` at once, so that it is stopped even if the driver then fails."""
@@ -24,9 +33,9 @@ def build(spec: DeviceSpec, candidate: int | None, run_dir: str, emulators: list
         conf["port"] = emulator.port
     if spec.factory:
         built = resolve_factory(spec.factory)(**conf)
-        if not isinstance(built, dict) or not all(isinstance(d, Device) for d in built.values()):
+        if not isinstance(built, dict):
             raise TypeError(f"factory {spec.factory} must return {{name: driver}}, got {type(built).__name__}")
-        return {f"{spec.name}.{member}": driver for member, driver in built.items()}
+        return {f"{spec.name}.{member}": as_driver(driver) for member, driver in built.items()}
     cls = resolve_driver(spec.driver)
     if not is_floating(cls):
         return {spec.name: cls(**conf)}

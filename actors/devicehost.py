@@ -30,6 +30,7 @@ from .actorsystem import PlacedActor
 from .drivercalls import Job, LimitKnown, Notice, Outcome, Worker, check, describe
 from .lanedesk import STREAM, LaneDesk
 from .lanes import Conn
+from .pyrofacade import PyroCall, PyroDesks
 from .messages import Acquire, Failure, Image, Reply
 from .protocol import (Construct, Deliver, DeviceNotice, Done, Hung, NotStarted, Ping, Pong, StartUnit,
                        UnitFailed, UnitReady, UnitStarted)
@@ -64,6 +65,7 @@ class DeviceHost(PlacedActor):
         self.degraded: dict[str, int] = {}          # device -> reconnect attempts so far
         self.worker: Worker | None = None
         self.desk: LaneDesk | None = None           # the lane: clients' direct connections
+        self.pyro: PyroDesks | None = None          # Pyro4 clients' ([devices.X.pyro])
         self.pending: deque[Deliver] = deque()
         self.current: Job | None = None             # what the worker is doing now
         self.armed: list[float] = []                # when the time-limit timers set will fire (monotonic)
@@ -100,11 +102,15 @@ class DeviceHost(PlacedActor):
         # the watch each time).
         if self.worker is None:
             return None
-        return ThespianWatch([self.worker.wake_r, *(self.desk.fds() if self.desk is not None else ())])
+        return ThespianWatch([self.worker.wake_r, *(self.desk.fds() if self.desk is not None else ()),
+                              *(self.pyro.fds() if self.pyro is not None else ())])
 
     def watched(self, ready) -> None:
         """The worker handed something over, or a lane socket has something to read."""
-        lane = [fd for fd in ready if fd != self.worker.wake_r]
+        if self.pyro is not None:
+            for call in self.pyro.take(ready):   # Pyro clients' calls queue like any other request
+                self.pending.append(Deliver(call.request, call))
+        lane = [fd for fd in ready if fd != self.worker.wake_r and (self.pyro is None or fd not in self.pyro.fds())]
         self.take_in(lane)
         self.collect()
         turn_ends = time.monotonic() + QUICK_TURN_S
@@ -167,6 +173,8 @@ class DeviceHost(PlacedActor):
                 controller._link_peers(controllers)   # interlocks on another controller of this process
             descriptions = tuple(describe(name, driver) for name, driver in self.drivers.items())
             self.methods = {name: remote_methods(driver) for name, driver in self.drivers.items()}
+            if any(device.pyro is not None for device in spec.devices):
+                self.pyro = PyroDesks(spec.devices, self.owned)
         except Exception as exc:
             log.error("construction failed: %s: %s", type(exc).__name__, exc)
             # Reported first: releasing a half-built group could itself hang (the alarm still runs).
@@ -252,6 +260,8 @@ class DeviceHost(PlacedActor):
         """On ActorExitRequest: let a running call finish (briefly) and answer it, answer what never
         started, then release the hardware, then end every process the drivers left."""
         try:
+            if self.pyro is not None:
+                self.pyro.close()
             if self.worker is not None:
                 ended = self.worker.stop(self.spec.supervision.stop_timeout_s * 0.8)
                 self.collect(start_next=False)
@@ -416,6 +426,11 @@ class DeviceHost(PlacedActor):
         if isinstance(reply_to, Conn):
             self.desk.answer(reply_to, device, reply, shared)
             return
+        if isinstance(reply_to, PyroCall):
+            reply_to.answer(reply)
+            if self.desk is not None:
+                self.desk.count(device, isinstance(reply, Failure))
+            return
         try:
             self.send(reply_to, reply)
         finally:
@@ -457,8 +472,9 @@ class DeviceHost(PlacedActor):
                           time.monotonic() - job.started, job.limit)
             # The queued requests never started. The supervisor answers them: a reply sent from here
             # now could be lost when this process is killed, a moment from now.
-            not_started = tuple(d.request.request_id for d in self.pending if not isinstance(d.reply_to, Conn))
-            for deliver in [d for d in self.pending if isinstance(d.reply_to, Conn)]:
+            local = (Conn, PyroCall)   # answered from here; the others by the supervisor
+            not_started = tuple(d.request.request_id for d in self.pending if not isinstance(d.reply_to, local))
+            for deliver in [d for d in self.pending if isinstance(d.reply_to, local)]:
                 self.answer(deliver.reply_to, self.not_started(deliver.request, "the device is hung"),
                             deliver.request.device)
             self.pending.clear()

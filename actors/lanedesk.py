@@ -100,13 +100,17 @@ class LaneDesk:
             self.rings[device] = FrameRing(self.lab_port, device)
         return self.rings[device]
 
+    def count(self, device: str, failed: bool) -> None:
+        """Count a request this process answered (by lane or Pyro), for the next report."""
+        counts = self.counts.setdefault(device, [0, 0])
+        counts[0] += 1
+        counts[1] += int(failed)
+
     def answer(self, conn: Conn, device: str, reply, shared: SharedFrame | None) -> None:
         """Send a request's reply on its connection (a frame in shared memory by reference), and count it."""
         conn.in_flight -= 1
-        counts = self.counts.setdefault(device, [0, 0])
-        counts[0] += 1
+        self.count(device, isinstance(reply, Failure))
         if isinstance(reply, Failure):
-            counts[1] += 1
             self.failures.append((device, reply.error_type, reply.message[:300]))
         elif shared is not None and conn.kind == "unix" and isinstance(reply, Reply):
             reply = Reply(reply.request_id, shared)

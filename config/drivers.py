@@ -47,6 +47,13 @@ def import_target(target: str, what: str = "driver", refused: Mapping[str, str] 
 
 def resolve_driver(name: str, refused: Mapping[str, str] = {}) -> type[Device]:
     """The driver class for a registered short name or "package.module:Class" (`refused`: see import_target)."""
+    if name.startswith("microscope:"):
+        from labctl.hardware import microscope_devices
+
+        try:
+            return microscope_devices.driver_class(name, lambda target: import_target(target, refused=refused))
+        except microscope_devices.HardwareError as exc:
+            raise DriverNotFound(str(exc)) from None
     registered = registered_drivers()
     target = registered.get(name, name)
     if ":" not in target:

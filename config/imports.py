@@ -53,7 +53,7 @@ def untrusted_modules(data: dict[str, Any]) -> list[str]:
         for target in (registered.get(driver, driver) if isinstance(driver, str) else None, factory):
             if not isinstance(target, str):
                 continue
-            module, sep, _ = target.partition(":")
+            module, sep, _ = target.removeprefix("microscope:").partition(":")
             # labctl's own drivers are trusted, and a module already imported has nothing left to run
             if (not sep or not module or module == "labctl" or module.startswith("labctl.")
                     or module in sys.modules or module in modules):

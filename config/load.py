@@ -20,7 +20,7 @@ from .drivers import DriverNotFound, check_arguments, is_floating, resolve_drive
 from .errors import ConfigError, Problem
 from .imports import check_imports, untrusted_modules
 from .schema import (DEFAULT_HOST, RESTARTS, STRATEGIES, SUPERVISION_KEYS, Device, Emulator, Group, Host, Lab,
-                     Supervision)
+                     PyroServe, Supervision)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MISSING = object()
@@ -321,7 +321,7 @@ class _Checker:
         if not section:
             self.problem("devices", "no devices; a lab needs at least one [devices.NAME] table")
         devices = []
-        allowed = {"driver", "factory", "host", "conf", "uid", "description", "emulator"} | set(SUPERVISION_KEYS)
+        allowed = {"driver", "factory", "host", "conf", "uid", "description", "emulator", "pyro"} | set(SUPERVISION_KEYS)
         for name, spec in section.items():
             path = f"devices.{name}"
             if not _identifier(name):
@@ -353,8 +353,40 @@ class _Checker:
             devices.append(Device(
                 name=name, driver=driver or "", factory=factory or "", host=host or lab_host,
                 conf=copy.deepcopy(conf or {}), uid=uid, description=self.value(spec, path, "description", str, ""),
-                emulator=emulator, supervision=supervision))
+                emulator=emulator, supervision=supervision, pyro=self.pyro(spec, path)))
         return devices
+
+    def pyro(self, spec: dict, path: str) -> PyroServe | None:
+        """[devices.X.pyro]: serve the device to Pyro4 clients too; on a network address only with a key."""
+        if "pyro" not in spec:
+            return None
+        table, ppath = self.table(spec, path, "pyro"), f"{path}.pyro"
+        self.unknown_keys(table, ppath, ("port", "host", "hmac_key_file", "insecure"))
+        port = self.value(table, ppath, "port", int, None)
+        if port is None:
+            if "port" not in table:
+                self.problem(f"{ppath}.port", "missing: the TCP port Pyro clients connect to, e.g. 8000")
+            return None
+        if not 1 <= port <= 65535:
+            self.problem(f"{ppath}.port", f"port {port} is out of range 1..65535")
+        host = self.value(table, ppath, "host", str, "127.0.0.1") or "127.0.0.1"
+        self.check_address(f"{ppath}.host", host)
+        key_file = self.value(table, ppath, "hmac_key_file", str, "") or ""
+        if key_file:
+            key_file = os.path.join(os.path.dirname(os.path.abspath(self.file)), os.path.expanduser(key_file))
+            if not os.path.isfile(key_file):
+                self.problem(f"{ppath}.hmac_key_file", f"no such file: {key_file}")
+        insecure = self.value(table, ppath, "insecure", bool, False)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = True   # reported above
+        if not loopback and not key_file and not insecure:
+            # Pyro with pickle runs whatever a packet says, as Thespian's pickle did before the lab key.
+            self.problem(ppath, f"serving on {host}, a network address, takes a Pyro HMAC key: set hmac_key_file "
+                                "(the same key in every client's Proxy._pyroHmacKey), or `insecure = true` to accept "
+                                "that anyone who reaches the port can run code in the device's process")
+        return PyroServe(port, host, key_file, bool(insecure))
 
     def constructor(self, spec: dict, path: str, conf: dict, uid: str | None,
                     emulator: Emulator | None) -> tuple[str | None, str | None]:

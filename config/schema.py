@@ -64,6 +64,16 @@ class Emulator:
 
 
 @attrs.frozen
+class PyroServe:
+    """Where a device process also serves a device to Pyro4 clients, as python-microscope's device server."""
+
+    port: int
+    host: str = "127.0.0.1"
+    hmac_key_file: str = ""     # Pyro's HMAC key; required unless host is loopback or `insecure`
+    insecure: bool = False
+
+
+@attrs.frozen
 class Device:
     """One device of the lab, as configured."""
 
@@ -76,6 +86,7 @@ class Device:
     description: str = ""
     emulator: Emulator | None = None
     supervision: Supervision = Supervision()
+    pyro: PyroServe | None = None
 
     def fresh_conf(self) -> dict[str, Any]:
         """A deep copy of the driver's keyword arguments: never shared, never mutated."""

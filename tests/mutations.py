@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 C = "tests/integration/test_contracts.py::"
 L = "tests/integration/test_lanes.py::"
 P = "tests/integration/test_pychron_gateway.py::"
+M = "tests/integration/test_microscope.py::"
 N = "tests/integration/test_netns.py::"
 INFLIGHT = C + "test_a_request_in_a_killed_process_fails_at_once_and_is_never_re_sent"
 RESEND_SETUP = [
@@ -189,6 +190,18 @@ MUTANTS = [
         ("actors/laneclient.py", "            if kind is None or (lane.member and self.mode == \"auto\"):",
          "            if kind is None:")],
      [N + "test_a_pulled_link_loses_the_host_fast_and_it_comes_back_without_two_copies"]),
+    ("37", "a controller's devices and a stage's axes are not served, so Pyro cannot proxy them", [
+        ("actors/pyrofacade.py", "                    desk.daemon.register(part, f\"{name}.{key}\")\n", "")],
+     [M + "test_microscopes_own_clients_work_unchanged_against_labctl"]),
+    ("38", "a floating microscope unit is opened without its index", [("hardware/microscope_devices.py",
+        "        return cls(index=candidate, **conf)", "        return cls(index=0, **conf)")],
+     [M + "test_floating_microscope_units_are_resolved_by_uid_and_a_missing_one_fails_alone"]),
+    ("39", "a Pyro facade on a network address is allowed without a key", [("config/load.py",
+        "        if not loopback and not key_file and not insecure:", "        if False:")],
+     [M + "test_a_pyro_facade_off_loopback_needs_a_key_or_an_explicit_insecure"]),
+    ("40", "calls through the Pyro facade are not counted as the device's requests", [("actors/devicehost.py",
+        "                self.desk.count(device, isinstance(reply, Failure))\n", "                pass\n")],
+     [M + "test_microscopes_own_clients_work_unchanged_against_labctl"]),
 ]
 
 
