@@ -201,3 +201,23 @@ def test_a_pyro_facade_off_loopback_needs_a_key_or_an_explicit_insecure(lab, tmp
               'pyro = { port = 8123, host = "10.1.2.3" }\n')
     check = lab.labctl("check", lab.config)
     assert check.returncode == 1 and "takes a Pyro HMAC key: set hmac_key_file" in check.stderr, check.stderr
+
+
+def test_a_keyed_facade_refuses_a_client_without_the_key_and_serves_labctls_own_drivers(lab):
+    key_file = lab.dir / "pyro.key"
+    key_file.write_text("a shared secret\n")
+    port = free_port()
+    lab.write(f"""
+[devices.light]
+driver = "sim-light"
+pyro = {{ port = {port}, hmac_key_file = "{key_file}" }}
+""")
+    assert lab.up().returncode == 0
+    stranger = Pyro4.Proxy(uri("light", port))
+    with pytest.raises(Pyro4.errors.CommunicationError):
+        stranger.turn_on()
+    stranger._pyroRelease()
+    light = Pyro4.Proxy(uri("light", port))
+    light._pyroHmacKey = b"a shared secret"
+    assert light.turn_on() is True and light.set_power(0.4) == pytest.approx(0.4)   # labctl's own API
+    assert lab.labctl("send", "light", "Call", "get_power", check=True).stdout.strip() == "0.4"
