@@ -161,8 +161,23 @@ class MicroscopeServer:
         self.camera = self.light = self.data_client = None
         self.stop_s: float | None = None
 
+    camera_name, light_name = "SimulatedCamera", "SimulatedLightSource"
+
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until both devices answer; set up the camera as the benchmark wants."""
+        self.launch()
+        self.camera = self._wait_for(self.camera_name, self.camera_port, timeout)
+        self.light = self._wait_for(self.light_name, self.light_port, timeout)
+        for setting, wanted in (("image pattern", "black"), ("image data type", "uint16")):
+            values = dict((name, index) for index, name in self.camera.describe_setting(setting)["values"])
+            self.camera.set_setting(setting, values[wanted])
+        self.camera.set_exposure_time(EXPOSURE_S)
+        self.camera.enable()
+        self.data_client = microscope.clients.DataClient(self._uri(self.camera_name, self.camera_port))
+        self.data_client._proxy._pyroTimeout = PYRO_TIMEOUT_S
+
+    def launch(self) -> None:
+        """Start the device server."""
         config = self.folder / "devices.py"
         config.write_text(MICROSCOPE_CONFIG.format(camera_port=self.camera_port, light_port=self.light_port,
                                                    rows=SHAPE[0], cols=SHAPE[1]))
@@ -171,15 +186,6 @@ class MicroscopeServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "microscope.device_server", "--logging-dir", str(self.folder), str(config)],
                 cwd=self.folder, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
-        self.camera = self._wait_for("SimulatedCamera", self.camera_port, timeout)
-        self.light = self._wait_for("SimulatedLightSource", self.light_port, timeout)
-        for setting, wanted in (("image pattern", "black"), ("image data type", "uint16")):
-            values = dict((name, index) for index, name in self.camera.describe_setting(setting)["values"])
-            self.camera.set_setting(setting, values[wanted])
-        self.camera.set_exposure_time(EXPOSURE_S)
-        self.camera.enable()
-        self.data_client = microscope.clients.DataClient(self._uri("SimulatedCamera", self.camera_port))
-        self.data_client._proxy._pyroTimeout = PYRO_TIMEOUT_S
 
     @staticmethod
     def _uri(name: str, port: int) -> str:
@@ -189,7 +195,7 @@ class MicroscopeServer:
         """A proxy for `name` once it answers."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
+            if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"the device server exited ({self.process.returncode}): "
                                    f"{(self.folder / 'server.err').read_text()[-500:]}")
             proxy = Pyro4.Proxy(self._uri(name, port))
