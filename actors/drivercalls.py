@@ -189,6 +189,8 @@ def run(job: Job, post) -> Outcome:
 
 def sendable(reply: Reply, request: Request) -> Reply | Failure:
     """The reply itself if it can travel (be pickled), else a failure saying why it cannot."""
+    if plain_data(reply.value):
+        return reply  # nothing to try: a trial pickle of a frame inside a tuple would cost milliseconds
     try:
         pickle.dumps(reply)
     except Exception as exc:
@@ -196,6 +198,30 @@ def sendable(reply: Reply, request: Request) -> Reply | Failure:
                        f"{request.device}: the result of {type(request).__name__} cannot be sent "
                        f"({type(exc).__name__}: {exc}); return plain data or a numpy array", request.device)
     return reply
+
+
+def plain_data(value: Any, budget: int = 1000) -> bool:
+    """Whether a value is made only of what always pickles: None, numbers, strings, bytes, numpy
+    arrays of plain dtypes, and tuples, lists and dicts of those (at most `budget` items looked at)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return False
+        if item is None or isinstance(item, (bool, int, float, str, bytes, np.generic)):
+            continue
+        if isinstance(item, np.ndarray):
+            if item.dtype.hasobject:
+                return False
+        elif type(item) in (tuple, list):
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            return False
+    return True
 
 
 def plain(value: Any) -> Any:

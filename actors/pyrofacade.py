@@ -72,9 +72,9 @@ class PyroDesk:
             self.daemon._pyroHmacKey = hmac_key
         self.thread: threading.Thread | None = None
 
-    def serve(self, name: str, driver) -> None:
-        """Serve a driver (and its parts) under `name`."""
-        self.daemon.register(self.facade(name, driver), name)
+    def serve(self, object_id: str, name: str, driver) -> None:
+        """Serve the driver called `name` (and its parts) as Pyro object `object_id`."""
+        self.daemon.register(self.facade(name, driver), object_id)
 
     def facade(self, name: str, driver) -> object:
         """The object Pyro serves for the driver called `name`."""
@@ -184,10 +184,10 @@ class PyroDesks:
             if desk is None:
                 desk = self.desks[where] = PyroDesk(*where, read_key(spec.pyro.hmac_key_file))
             if spec.name in drivers:
-                desk.serve(spec.name, drivers[spec.name])
+                desk.serve(spec.pyro.name or spec.name, spec.name, drivers[spec.name])
             for name, driver in owned:   # a factory's parts, by their own names, as the device server does
                 if name.startswith(spec.name + "."):
-                    desk.serve(name[len(spec.name) + 1:], driver)
+                    desk.serve(name[len(spec.name) + 1:], name, driver)
         for desk in self.desks.values():
             desk.start()
 

@@ -35,6 +35,8 @@ COMMANDS = {
             "labctl.bin.run:run"),
     "repl": ("An interactive Python console on a running lab.",
              "labctl.bin.repl:repl"),
+    "import-microscope": ("Write a lab file equivalent to a python-microscope device-server config (CONFIG.py).",
+                          "labctl.bin.import_microscope:import_microscope"),
 }
 
 

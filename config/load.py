@@ -361,7 +361,7 @@ class _Checker:
         if "pyro" not in spec:
             return None
         table, ppath = self.table(spec, path, "pyro"), f"{path}.pyro"
-        self.unknown_keys(table, ppath, ("port", "host", "hmac_key_file", "insecure"))
+        self.unknown_keys(table, ppath, ("port", "host", "hmac_key_file", "insecure", "name"))
         port = self.value(table, ppath, "port", int, None)
         if port is None:
             if "port" not in table:
@@ -386,7 +386,8 @@ class _Checker:
             self.problem(ppath, f"serving on {host}, a network address, takes a Pyro HMAC key: set hmac_key_file "
                                 "(the same key in every client's Proxy._pyroHmacKey), or `insecure = true` to accept "
                                 "that anyone who reaches the port can run code in the device's process")
-        return PyroServe(port, host, key_file, bool(insecure))
+        name = self.value(table, ppath, "name", str, "") or ""
+        return PyroServe(port, host, key_file, bool(insecure), name)
 
     def constructor(self, spec: dict, path: str, conf: dict, uid: str | None,
                     emulator: Emulator | None) -> tuple[str | None, str | None]:

@@ -71,6 +71,7 @@ class PyroServe:
     host: str = "127.0.0.1"
     hmac_key_file: str = ""     # Pyro's HMAC key; required unless host is loopback or `insecure`
     insecure: bool = False
+    name: str = ""              # the Pyro object id; default the device's name (PYRO:<name>@host:port)
 
 
 @attrs.frozen

@@ -221,3 +221,43 @@ pyro = {{ port = {port}, hmac_key_file = "{key_file}" }}
     light._pyroHmacKey = b"a shared secret"
     assert light.turn_on() is True and light.set_power(0.4) == pytest.approx(0.4)   # labctl's own API
     assert lab.labctl("send", "light", "Call", "get_power", check=True).stdout.strip() == "0.4"
+
+
+def test_a_device_server_config_imported_serves_each_device_at_its_old_uri(lab):
+    camera_port, wheel_port = free_port(), free_port()
+    server_config = lab.dir / "devices.py"
+    server_config.write_text(f"""
+from microscope.device_server import device
+from microscope.simulators import SimulatedCamera, SimulatedFilterWheel
+
+DEVICES = [
+    device(SimulatedCamera, "127.0.0.1", {camera_port}, conf={{"sensor_shape": (64, 48)}}),
+    device(SimulatedFilterWheel, "127.0.0.1", {wheel_port}, conf={{"positions": 6}}),
+]
+""")
+    imported = lab.labctl("import-microscope", server_config, "-o", lab.dir / "imported.toml")
+    assert imported.returncode == 0, imported.stderr
+    text = (lab.dir / "imported.toml").read_text()
+    lab.write(text.split("[lab]", 1)[1].split("\n", 2)[2])   # its devices, on this test's port and log folder
+    assert lab.labctl("check", lab.config).returncode == 0
+    assert lab.up().returncode == 0
+    wheel = Pyro4.Proxy(f"PYRO:SimulatedFilterWheel@127.0.0.1:{wheel_port}")   # the URI the device server used
+    wheel.position = 5
+    assert wheel.position == 5
+    camera = clients.Client(f"PYRO:SimulatedCamera@127.0.0.1:{camera_port}")
+    camera.enable()
+    assert camera.grab_next_data()[0].shape == (48, 64)
+
+
+def test_import_reports_what_a_lab_file_cannot_hold(lab):
+    server_config = lab.dir / "devices.py"
+    server_config.write_text("""
+from microscope.device_server import device
+from microscope.simulators import SimulatedController, SimulatedLightSource
+
+DEVICES = [device(SimulatedController, "127.0.0.1", 8005, conf={"devices": {"laser": SimulatedLightSource()}})]
+""")
+    imported = lab.labctl("import-microscope", server_config)
+    assert imported.returncode == 1
+    assert "left out: SimulatedController: its conf holds SimulatedLightSource" in imported.stderr
+    assert "conf.devices = {NAME = {driver, conf}}" in imported.stderr

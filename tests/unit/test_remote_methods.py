@@ -219,3 +219,19 @@ def test_max_argument_bytes_is_configured_in_lab():
         with pytest.raises(ConfigError) as info:
             parse({"lab": {"name": "x", "max_argument_bytes": bad}, **devices})
         assert [p.path for p in info.value.problems] == ["lab.max_argument_bytes"]
+
+
+def test_a_result_of_plain_data_travels_without_a_trial_pickle_and_anything_else_is_tried():
+    import numpy as np
+
+    from labctl.actors.drivercalls import plain_data, sendable
+    from labctl.actors.messages import Call, Failure, Reply
+
+    frame = (np.zeros((4, 4), np.uint16), 12.5)
+    assert plain_data(frame) and plain_data({"x": [1, 2.0, "a", b"b", None]})
+    assert not plain_data((lambda: 1,)) and not plain_data(np.array([object()]))
+    assert not plain_data(list(range(5000)))          # too many items to look at: tried instead
+    request = Call(method="m", device="d", request_id="r")
+    assert sendable(Reply("r", list(range(5000))), request).value == list(range(5000))
+    refused = sendable(Reply("r", [(x for x in "ab")]), request)
+    assert isinstance(refused, Failure) and refused.error_type == "UnsendableResult"
