@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def _end_with(pid: int) -> None:
         try:
             fd = os.pidfd_open(pid)
             select.select([fd], [], [])
-        except OSError:
+        except ProcessLookupError:
             pass  # already gone
+        except OSError:   # no pidfd (a kernel before 5.3): look twice a second
+            while processes.is_alive(pid):
+                time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="labctl-ends-with", daemon=True).start()

@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -109,7 +110,10 @@ class DeviceHost(PlacedActor):
         """The worker handed something over, or a lane socket has something to read."""
         if self.pyro is not None:
             for call in self.pyro.take(ready):   # Pyro clients' calls queue like any other request
-                self.pending.append(Deliver(call.request, call))
+                if self.hung:   # it can never start here; this process is about to be killed
+                    call.answer(self.not_started(call.request, "the device is hung"))
+                else:
+                    self.pending.append(Deliver(call.request, call))
         lane = [fd for fd in ready if fd != self.worker.wake_r and (self.pyro is None or fd not in self.pyro.fds())]
         self.take_in(lane)
         self.collect()
@@ -260,8 +264,6 @@ class DeviceHost(PlacedActor):
         """On ActorExitRequest: let a running call finish (briefly) and answer it, answer what never
         started, then release the hardware, then end every process the drivers left."""
         try:
-            if self.pyro is not None:
-                self.pyro.close()
             if self.worker is not None:
                 ended = self.worker.stop(self.spec.supervision.stop_timeout_s * 0.8)
                 self.collect(start_next=False)
@@ -274,6 +276,8 @@ class DeviceHost(PlacedActor):
                     return
             log.info("stopping: shutting down %s", ", ".join(name for name, _ in self.owned) or "nothing")
             self.release()
+            if self.pyro is not None:   # after the drivers: closing joins each connected client's thread
+                threading.Thread(target=self.pyro.close, daemon=True).start()
         finally:
             if self.family is not None and self.family.end():
                 log.error("processes the drivers started survived SIGKILL")

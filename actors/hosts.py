@@ -26,6 +26,7 @@ from .timers import HostBeat, HostsDue
 log = logging.getLogger("labctl.supervisor")
 
 WAITING, JOINED, LOST = "waiting", "joined", "lost"
+REAP_AGAIN_S = 1.0   # an old process not confirmed gone is asked about again after this long
 
 
 @attrs.define
@@ -173,7 +174,12 @@ class Hosts:
 
     def beat(self, _timer: HostBeat) -> None:
         """Count each host's unanswered ping, declare a host lost after too many, ping again."""
-        now = time.monotonic()
+        try:
+            self.look(time.monotonic())
+        finally:
+            self.actor.after(self.beat_s, HostBeat())   # whatever happened, the heartbeats go on
+
+    def look(self, now: float) -> None:
         stalled = now - self.beat_at > 2 * self.beat_s   # the supervisor was stalled: judge from now on
         self.beat_at = now
         for host in self.hosts.values():
@@ -187,12 +193,17 @@ class Hosts:
                 host.misses += 1
             if host.state == JOINED and host.misses >= self.max_misses:
                 self.lose(host, f"missed {host.misses} heartbeats {self.beat_s:g} s apart")
+            elif host.state == LOST and host.admin is not None and host.misses * self.beat_s > self.watchdog_s:
+                # Silent longer than its agent waits before it ends itself: if the host is back, only a new
+                # agent can say so (Thespian may not have dropped the member, so no rejoin will tell).
+                self.place_agent(host)
+                host.misses = 0
+                continue
             self.ping(host)
             if host.state == JOINED:
                 for unit in self.units_on(host):
-                    if unit.stale is not None:
+                    if unit.stale is not None and now - unit.reap_asked > REAP_AGAIN_S:
                         self.reap(unit)   # not confirmed yet: ask again
-        self.actor.after(self.beat_s, HostBeat())
 
     def ping(self, host: HostState) -> None:
         host.ping_seq += 1
@@ -210,7 +221,7 @@ class Hosts:
     def suspect(self, name: str) -> bool:
         """Whether a host has a ping unanswered: a unit there that stops answering is its host's loss."""
         host = self.hosts.get(name)
-        return host is not None and (host.state != JOINED or host.pong_seq < host.ping_seq)
+        return host is not None and (host.state != JOINED or host.misses > 0)
 
     def lose_for(self, unit: UnitState) -> None:
         """A unit stopped answering and so did its host: the host is lost, not the unit hung."""
@@ -227,6 +238,7 @@ class Hosts:
         host = self.hosts.get(unit.spec.host)
         if host is not None and host.agent is not None and unit.stale is not None:
             pid, started = unit.stale
+            unit.reap_asked = time.monotonic()
             self.actor.send(host.agent, Reap(pid, host.name, started))
 
     def reaped(self, message: Reaped) -> None:

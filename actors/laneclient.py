@@ -189,11 +189,12 @@ class Lanes:
     def channel(self, device: str, timeout: float) -> Channel:
         """This thread's open connection to the device's process for requests; NotTaken if there is no
         usable lane. A device on a member host is asked through the supervisor unless the lane was asked
-        for by name: the supervisor fails a request in flight there the moment the host is lost."""
+        for by name, or this client cannot use the supervisor (a gateway's): the supervisor fails a
+        request in flight there the moment the host is lost."""
         for attempt in range(2):
             lane = self.lane_of(device, timeout, refresh=attempt > 0)
             kind = self.kind_for(lane) if lane is not None else None
-            if kind is None or (lane.member and self.mode == "auto"):
+            if kind is None or (lane.member and self.mode == "auto" and not self.published_only):
                 raise NotTaken()
             key = (lane.unit, lane.pid, kind)
             channels = self.channels()

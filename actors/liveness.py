@@ -131,7 +131,7 @@ class Liveness:
         before their units start again: two processes must never drive one device."""
         for name, where in runstate.read_json(self.remote_file).items():
             unit = self.registry.get(name)
-            if unit is not None and len(where) == 3:
-                _host, pid, started = where
+            if unit is not None and len(where) in (2, 3):
+                pid, started = where[1], (where[2] if len(where) == 3 else 0)   # 0: an older file, no start time
                 unit.stale = (pid, started)
-                self.remote_pids[name] = tuple(where)
+                self.remote_pids[name] = (where[0], pid, started)

@@ -25,10 +25,6 @@ from .messages import Call, Failure
 log = logging.getLogger("labctl.pyro")
 
 
-class PyroCallFailed(Exception):
-    """A call through the Pyro facade failed; its text is the device's error."""
-
-
 class PyroCall:
     """A Pyro thread's call waiting for the device process to answer it."""
 
@@ -44,7 +40,8 @@ class PyroCall:
     def wait(self) -> Any:
         self._done.wait()
         if isinstance(self.reply, Failure):
-            raise PyroCallFailed(self.reply.message)
+            # A builtin exception: a client without labctl installed (Cockpit) can unpickle it.
+            raise RuntimeError(f"{self.reply.error_type}: {self.reply.message}")
         return self.reply.value
 
 

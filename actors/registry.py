@@ -50,6 +50,7 @@ class UnitState:
     waiting: bool = False          # failed only because its unit or host is not there (yet)
     stale: tuple | None = None     # (pid, start time) of its last process on a member host, until confirmed gone
     launch_pending: bool = False   # waiting to start: for its host, or for its old process to be gone
+    reap_asked: float = 0.0        # when its host's agent was last asked to confirm `stale` gone
     descriptions: dict = attrs.Factory(dict)
     lane: Any = None               # messages.Lane of its current process, once it runs
     served: dict = attrs.Factory(dict)   # device -> [answered, failed] on lanes, as reported

@@ -161,13 +161,18 @@ class Supervisor(Actor):
     def unit_lost(self, unit: UnitState, cause: str) -> None:
         """A unit's host is unreachable: what was in flight there fails now, and the unit waits for its
         host (its process there ends itself, or is confirmed gone before another starts)."""
-        pid = unit.pid
+        pid, plan = unit.pid, unit.exit_plan
         if pid:
             unit.stale = (pid, unit.pid_started or 0)
         unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
-        unit.state, unit.last_error, unit.launch_pending = Phase.LOST, cause, True
         self.starts.ended(unit)
-        self.events.emit(unit, "lost", cause=cause, pid=pid)
+        if plan == "stop" or self.stopping:      # it was being stopped, or failed with its group: so it stays
+            self.settle(unit, Phase.STOPPED)
+        elif plan == "fail":
+            unit.state, unit.launch_pending = Phase.FAILED, False
+        else:
+            unit.state, unit.last_error, unit.launch_pending = Phase.LOST, cause, True
+            self.events.emit(unit, "lost", cause=cause, pid=pid)
         self.router.fail_inflight(unit, cause, pid)
         self.router.lanes_changed()
         self.events.keep_record(unit)
@@ -206,7 +211,6 @@ class Supervisor(Actor):
         unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
         self.starts.ended(unit)
         if plan == "stop" or self.stopping:
-            unit.launch_pending = False
             self.settle(unit, Phase.STOPPED)
         elif plan == "fail":
             unit.state = Phase.FAILED
@@ -267,6 +271,7 @@ class Supervisor(Actor):
 
     def settle(self, unit: UnitState, state: Phase, reason: str | None = None) -> None:
         """Put a unit in a resting state (failed or stopped) and say so."""
+        unit.launch_pending = False   # nothing starts it again but a restart by hand
         if unit.state != state:
             unit.state = state
             self.events.emit(unit, str(state), **({"reason": reason} if reason else {}))

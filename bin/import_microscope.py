@@ -51,7 +51,7 @@ def lab_file(devices: list[dict], source: str, lab_name: str) -> tuple[str, list
         target = f"{cls.__module__}:{cls.__qualname__}"
         object_id = cls.__name__
         names[object_id] = names.get(object_id, 0) + 1
-        name = object_id if names[object_id] == 1 else f"{object_id}-{names[object_id]}"
+        name = object_id if names[object_id] == 1 else f"{object_id}_{names[object_id]}"
         try:
             conf = toml_value({k: v for k, v in entry.get("conf", {}).items() if k != "index"})
         except NotTomlable as exc:

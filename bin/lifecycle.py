@@ -195,15 +195,11 @@ def wait_for_devices(port: int, keeper, timeout: float = 120.0, keeper_pid: int 
 
 def one_address(value: str) -> str:
     """--bind: one IPv4 address of this machine, not a wildcard that no other host can connect to."""
-    import ipaddress
+    from labctl.config.load import address_problem
 
-    try:
-        address = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise click.BadParameter(f"expected an IPv4 address such as 192.168.1.12, got {value!r}") from None
-    if address.is_unspecified:
-        raise click.BadParameter(f"{value} means every interface, which the leader cannot connect to: give this "
-                                 "machine's address on the lab's network")
+    problem = address_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
     return value
 
 

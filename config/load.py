@@ -16,7 +16,7 @@ import attrs
 from labctl.hardware import HardwareError, ValveController
 from labctl.hardware.interfaces import parse_valve_rules
 
-from .drivers import DriverNotFound, check_arguments, is_floating, resolve_driver, resolve_factory
+from .drivers import DriverNotFound, check_arguments, import_target, is_floating, resolve_driver, resolve_factory
 from .errors import ConfigError, Problem
 from .imports import check_imports, untrusted_modules
 from .schema import (DEFAULT_HOST, RESTARTS, STRATEGIES, SUPERVISION_KEYS, Device, Emulator, Group, Host, Lab,
@@ -42,6 +42,23 @@ RANGES: dict[str, tuple[float, float]] = {
     "memory_max_mb": (0, 524_288),   # 0: no limit; else at least MEMORY_MIN_MB (checked in supervision())
 }
 MEMORY_MIN_MB = 16  # below this no Python process can run: a limit that small only restarts it forever
+
+
+def address_problem(address: str) -> str:
+    """Why `address` cannot be one to listen on and advertise (one IPv4 address, not a wildcard); ''."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.version != 4:
+        return f"expected an IPv4 address such as 127.0.0.1, got {address!r}"
+    if parsed.is_unspecified:
+        # Every actor advertises the address it binds; 0.0.0.0 is no address another host can reach
+        # (remote devices never start), and it would open every port of the lab on every network.
+        return (f"{address} means every interface, which no other host can connect to: give the one address "
+                "of this machine that the lab's clients and hosts reach, e.g. 192.168.1.10 (127.0.0.1 for a "
+                "lab on this machine only)")
+    return ""
 
 
 def load(path: str | os.PathLike, *, import_timeout: float | None = None) -> Lab:
@@ -180,6 +197,7 @@ class _Checker:
                                host or DEFAULT_HOST, hosts)
         self.check_groups(groups, {device.name: device for device in devices})
         self.check_interlocks(devices, group_of)
+        self.check_pyro_ports(devices, group_of)
         return Lab(name=name or "lab", file=str(Path(self.file).resolve()), port=port or 1900,
                    bind=bind or "127.0.0.1", log_dir=os.path.abspath(log_dir), host=host or DEFAULT_HOST,
                    hosts=hosts, supervision=defaults, devices=tuple(devices), groups=tuple(groups),
@@ -189,18 +207,24 @@ class _Checker:
 
     def check_address(self, path: str, address: str) -> None:
         """An address this lab can listen on and advertise: one IPv4 address, not a wildcard."""
-        try:
-            parsed = ipaddress.ip_address(address)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.version != 4:
-            self.problem(path, f"expected an IPv4 address such as 127.0.0.1, got {address!r}")
-        elif parsed.is_unspecified:
-            # Every actor advertises the address it binds; 0.0.0.0 is no address another host can reach
-            # (remote devices never start), and it would open every port of the lab on every network.
-            self.problem(path, f"{address} means every interface, which no other host can connect to: give the "
-                               "one address of this machine that the lab's clients and hosts reach, e.g. "
-                               "192.168.1.10 (127.0.0.1 for a lab on this machine only)")
+        problem = address_problem(address)
+        if problem:
+            self.problem(path, problem)
+
+    def check_pyro_ports(self, devices: list[Device], group_of: dict[str, Group]) -> None:
+        """Two processes of one host cannot both serve Pyro on one address and port (each would crash
+        in turn); devices of one shared process may share a port."""
+        served: dict[tuple[str, str, int], tuple[str, str]] = {}   # (host, address, port) -> (device, process)
+        for device in devices:
+            if device.pyro is None:
+                continue
+            group = group_of.get(device.name)
+            process = group.name if group is not None and group.process == "shared" else device.name
+            where = (device.host, device.pyro.host, device.pyro.port)
+            other = served.setdefault(where, (device.name, process))
+            if other[1] != process:
+                self.problem(f"devices.{device.name}.pyro.port", f"{device.pyro.host}:{device.pyro.port} is served "
+                                                                  f"by {other[0]} already, in another process")
 
     def check_interlocks(self, devices: list[Device], group_of: dict[str, Group]) -> None:
         """An interlock on another controller's valve (`device:valve`) must name a valve that exists,
@@ -409,6 +433,17 @@ class _Checker:
             return driver, factory
         for key, problem in check_arguments(target, conf, supplied):
             self.problem(f"{path}.conf" + (f".{key}" if key else ""), problem)
+        if driver is not None and driver.startswith("microscope:") and isinstance(conf.get("devices"), dict):
+            for part, part_spec in conf["devices"].items():   # a microscope controller's devices
+                ppath = f"{path}.conf.devices.{part}"
+                part_driver = part_spec.get("driver") if isinstance(part_spec, dict) else None
+                if not isinstance(part_driver, str):
+                    self.problem(ppath, "expected a table with driver = \"package.module:Class\" (and conf)")
+                    continue
+                try:
+                    import_target(part_driver.removeprefix("microscope:"), refused=self.refused_imports)
+                except DriverNotFound as exc:
+                    self.problem(f"{ppath}.driver", str(exc))
         if isinstance(target, type) and issubclass(target, ValveController) and "valves" in conf:
             try:  # the safety rules too: an interlock naming no valve of the controller, say
                 parse_valve_rules(conf["valves"])

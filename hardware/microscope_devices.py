@@ -223,7 +223,9 @@ class ScopeCamera(Camera, ScopeDevice):
         if not self.scope.get_is_enabled():
             self.scope.enable()
         data = self.scope.grab_next_data()
-        return np.asarray(data[0] if isinstance(data, tuple) else data)
+        frame = np.asarray(data[0] if isinstance(data, tuple) else data)
+        self._dtype = frame.dtype.name
+        return frame
 
 
 class ScopeFilterWheel(FilterWheel, ScopeDevice):

@@ -39,3 +39,10 @@ class BrokenInit(microscope.abc.Device):
 
     def _do_shutdown(self) -> None:
         pass
+
+
+def light_and_wheel(positions: int = 4) -> dict:
+    """A composite as microscope's device server takes one: a function returning {name: device}."""
+    from microscope.simulators import SimulatedFilterWheel, SimulatedLightSource
+
+    return {"laser": SimulatedLightSource(), "wheel": SimulatedFilterWheel(positions=positions)}

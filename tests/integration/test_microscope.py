@@ -90,6 +90,9 @@ def test_microscopes_own_clients_work_unchanged_against_labctl(lab):
     assert camera.get_setting("gain") == 3
 
     wheel = Pyro4.Proxy(uri("wheel", ports["wheel"]))
+    with pytest.raises(RuntimeError) as refused:   # a device's error, as a builtin any client can unpickle
+        wheel.set_position(99)
+    assert type(refused.value).__module__ == "builtins" and "99" in str(refused.value)
     wheel.position = 4                      # a remote property, both ways
     assert wheel.position == 4 and wheel.n_positions == 6
     assert lab.labctl("send", "wheel", "GetPosition", check=True).stdout.strip() == "4"   # the same device
@@ -261,3 +264,42 @@ DEVICES = [device(SimulatedController, "127.0.0.1", 8005, conf={"devices": {"las
     assert imported.returncode == 1
     assert "left out: SimulatedController: its conf holds SimulatedLightSource" in imported.stderr
     assert "conf.devices = {NAME = {driver, conf}}" in imported.stderr
+
+
+def test_a_factory_of_microscope_devices_shares_one_process_and_serves_each_part_by_its_key(lab):
+    port = free_port()
+    lab.write(f"""
+[devices.bench]
+factory = "scope_drivers:light_and_wheel"
+conf = {{ positions = 5 }}
+pyro = {{ port = {port} }}
+""")
+    assert lab.up().returncode == 0
+    devices = {d["name"]: d for d in lab.status()["devices"]}
+    assert devices["bench.laser"]["pid"] == devices["bench.wheel"]["pid"]   # one process
+    assert lab.labctl("send", "bench.wheel", "SetPosition", "4", check=True).stdout.strip() == "4"
+    wheel = Pyro4.Proxy(uri("wheel", port))                                  # the part's own key, as the server does
+    assert wheel.position == 4 and wheel.n_positions == 5
+    laser = Pyro4.Proxy(uri("laser", port))
+    laser.enable()
+    assert laser.get_is_on() is True
+    assert lab.labctl("send", "bench.laser", "Call", "get_is_on", check=True).stdout.strip() == "True"
+
+
+def test_stopping_with_many_pyro_clients_connected_still_shuts_the_driver_down(lab):
+    journal, port = lab.dir / "journal.txt", free_port()
+    lab.write(f"""
+[devices.valves]
+driver = "labtest_drivers:Recorder"
+conf = {{ journal = "{journal}" }}
+pyro = {{ port = {port} }}
+""")
+    assert lab.up().returncode == 0
+    pid = lab.pids()["valves"]
+    proxies = [Pyro4.Proxy(uri("valves", port)) for _ in range(16)]   # as Cockpit keeps many open
+    for proxy in proxies:
+        assert proxy.get_state("A") == "closed"
+    assert lab.labctl("down").returncode == 0
+    assert f"shutdown {pid}" in journal.read_text()
+    for proxy in proxies:
+        proxy._pyroRelease()

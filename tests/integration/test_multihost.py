@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -106,6 +107,40 @@ backoff_s = 0.05
                               and s["devices"][0]["pid"] != first, what="valves back on pi")
         assert not processes.is_alive(first)  # ...until the new supervisor has it reaped
         assert "OVERLAP" not in journal.read_text() and "OVERLAP" not in stuck.read_text()
+        assert lab.labctl("down").returncode == 0
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert processes.wait_port_free(node_port, timeout=5.0)
+
+
+def test_a_gateway_on_the_leader_drives_valves_on_a_member_host(lab):
+    """A gateway's client cannot use the supervisor: it reaches a member host's device by its lane."""
+    from .test_pychron_gateway import ask
+
+    node_port, gateway = free_port(), free_port()
+    lab.write(f"""
+[hosts.pi]
+address = "127.0.0.1"
+port = {node_port}
+[devices.valves]
+driver = "sim-valves"
+host = "pi"
+[devices.pychron]
+driver = "pychron-gateway"
+conf = {{ port = {gateway}, valves = ["valves"] }}
+""")
+    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
+    try:
+        assert lab.up().returncode == 0
+        deadline = time.monotonic() + 20   # the gateway reads the valves once their host's process runs
+        while not ask(gateway, "GetValveStates\r").startswith("A0") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ask(gateway, "Open A\r") == "OK"
+        assert lab.labctl("send", "valves", "GetValveState", "A", check=True).stdout.strip() == "open"
         assert lab.labctl("down").returncode == 0
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=30) == 0

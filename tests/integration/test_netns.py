@@ -176,7 +176,6 @@ def test_a_short_blip_keeps_no_second_copy(net):
         status = net.wait_for(lambda s: running(s, "valves") and s["devices"][0]["pid"] != old,
                               what="valves back in a new process")
         assert not processes.is_alive(old)
-        assert status["devices"][0]["restarts"] >= 0
     finally:
         most = sampler.stop()
     assert most == 1, "two processes of one device were alive at once"

@@ -171,3 +171,27 @@ def test_check_prints_each_sections_problem_with_file_and_whole_key_path(tmp_pat
     assert lines[0] == f"{file}: 4 problems", result.stderr
     for path in ("hosts.pi.port", "groups.optics.process", "devices.furnace.emulator.kind", "devices.furnace.conf"):
         assert any(line.startswith(f"  {file}: {path}: ") for line in lines), (path, result.stderr)
+
+
+def test_pyro_ports_shared_across_processes_and_unknown_controller_parts_are_problems():
+    pytest.importorskip("microscope")
+    found = problems_in("""
+[devices.a]
+driver = "microscope:microscope.simulators:SimulatedLightSource"
+pyro = { port = 8100 }
+[devices.b]
+driver = "microscope:microscope.simulators:SimulatedController"
+pyro = { port = 8100 }
+[devices.b.conf.devices]
+laser = { driver = "microscope.simulators:NoSuch" }
+[devices.c]
+driver = "microscope:microscope.simulators:SimulatedLightSource"
+pyro = { port = 8101 }
+[devices.d]
+driver = "microscope:microscope.simulators:SimulatedLightSource"
+pyro = { port = 8101 }
+[groups.together]
+devices = ["c", "d"]
+""")
+    assert {p.path for p in found} == {"devices.b.conf.devices.laser.driver", "devices.b.pyro.port"}, found
+    assert any("served by a already, in another process" in p.message for p in found)
