@@ -202,6 +202,14 @@ MUTANTS = [
     ("40", "calls through the Pyro facade are not counted as the device's requests", [("actors/devicehost.py",
         "                self.desk.count(device, isinstance(reply, Failure))\n", "                pass\n")],
      [M + "test_microscopes_own_clients_work_unchanged_against_labctl"]),
+    ("41", "a gateway's client skips the lanes of member hosts' devices and cannot reach them", [
+        ("actors/laneclient.py", " and self.mode == \"auto\" and not self.published_only):", " and self.mode == \"auto\"):")],
+     ["tests/integration/test_multihost.py::test_a_gateway_on_the_leader_drives_valves_on_a_member_host"]),
+    ("42", "the Pyro daemon is closed before the drivers, using up the stop time with clients connected", [
+        ("actors/devicehost.py", "        try:\n            if self.worker is not None:\n                ended = self.worker.stop(",
+         "        try:\n            if self.pyro is not None:\n                self.pyro.close()\n"
+         "            if self.worker is not None:\n                ended = self.worker.stop(")],
+     [M + "test_stopping_with_many_pyro_clients_connected_still_shuts_the_driver_down"]),
 ]
 
 
