@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -130,6 +131,21 @@ class Lab:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}; status: {json.dumps(status, indent=1)}")
             time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def node(self, name: str, port: int):
+        """`labctl node NAME` joining this lab on loopback; afterwards stopped by SIGTERM (exit 0
+        expected after a clean run), killed if need be, and its port checked free."""
+        proc = self.popen("node", name, "--leader", f"127.0.0.1:{self.port}", "--port", port)
+        try:
+            yield proc
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert processes.wait_port_free(port, timeout=5.0)
 
     def record(self, port: int | None = None, timeout: float = 20.0) -> dict:
         """The run record of the lab (or node) on `port`, once written."""

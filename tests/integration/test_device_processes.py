@@ -77,8 +77,7 @@ host = "pi"
 conf = {{ journal = "{journal}" }}
 """)
     assert lab.up().returncode == 1  # no node yet: the device waits for its host
-    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
-    try:
+    with lab.node("pi", node_port):
         pid = new_pid(lab, "spawner", 0)
         first = children_of(journal, pid)
         assert lab.labctl("restart", "spawner").returncode == 0
@@ -86,13 +85,6 @@ conf = {{ journal = "{journal}" }}
         assert processes.wait_gone(first.values(), 5.0) == set(), {k: processes.cmdline(p) for k, p in first.items()}
         assert lab.labctl("down").returncode == 0
         assert processes.wait_gone(second.values(), 5.0) == set(), {k: processes.cmdline(p) for k, p in second.items()}
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
-    assert processes.wait_port_free(node_port, timeout=5.0)
 
 
 # The supervisor calls families.kill_group when a device process dies or is killed.

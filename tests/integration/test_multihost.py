@@ -37,8 +37,7 @@ driver = "sim-furnace"
     assert f"labctl node pi --bind 127.0.0.1 --leader 127.0.0.1:{lab.port}" in waiting["last_error"]
     assert waiting["restarts"] == 0 and lab.device("furnace")["state"] == "running"
 
-    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
-    try:
+    with lab.node("pi", node_port):
         status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running", what="valves placed on pi")
         pid = status["devices"][0]["pid"]
         node_record = lab.record(node_port)  # the node writes it once its admin runs
@@ -63,13 +62,6 @@ driver = "sim-furnace"
         assert lab.labctl("down").returncode == 0
         assert processes.wait_gone([remote], 5.0) == set()  # stopping the lab stops its remote devices
         assert processes.is_alive(node_record["admin_pid"])  # the host itself stays, ready for the next lab
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
-    assert processes.wait_port_free(node_port, timeout=5.0)
 
 
 def test_remote_devices_never_run_twice(lab):
@@ -93,8 +85,7 @@ init_timeout_s = 1.0
 max_restarts = 1
 backoff_s = 0.05
 """)
-    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
-    try:
+    with lab.node("pi", node_port):
         lab.up()  # the node waited for the lab, then joined it
         status = lab.wait_for(lambda s: s["devices"][0]["state"] == "running" and s["devices"][1]["state"] == "failed"
                               and s["devices"][1]["restarts"] == 1, what="valves on pi; stuck given up")
@@ -108,13 +99,6 @@ backoff_s = 0.05
         assert not processes.is_alive(first)  # ...until the new supervisor has it reaped
         assert "OVERLAP" not in journal.read_text() and "OVERLAP" not in stuck.read_text()
         assert lab.labctl("down").returncode == 0
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
-    assert processes.wait_port_free(node_port, timeout=5.0)
 
 
 def test_a_gateway_on_the_leader_drives_valves_on_a_member_host(lab):
@@ -133,8 +117,7 @@ host = "pi"
 driver = "pychron-gateway"
 conf = {{ port = {gateway}, valves = ["valves"] }}
 """)
-    node = lab.popen("node", "pi", "--leader", f"127.0.0.1:{lab.port}", "--port", node_port)
-    try:
+    with lab.node("pi", node_port):
         assert lab.up().returncode == 0
         deadline = time.monotonic() + 20   # the gateway reads the valves once their host's process runs
         while not ask(gateway, "GetValveStates\r").startswith("A0") and time.monotonic() < deadline:
@@ -142,10 +125,3 @@ conf = {{ port = {gateway}, valves = ["valves"] }}
         assert ask(gateway, "Open A\r") == "OK"
         assert lab.labctl("send", "valves", "GetValveState", "A", check=True).stdout.strip() == "open"
         assert lab.labctl("down").returncode == 0
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
-    assert processes.wait_port_free(node_port, timeout=5.0)
