@@ -36,6 +36,7 @@ log = logging.getLogger("labctl.script")
 VALVE_CONTROLLER = "ValveController"
 HELPERS = ("open", "close", "is_open", "is_closed", "lock", "unlock", "sleep", "info", "wait_until")
 VALVE_HELPERS = ("open", "close", "is_open", "is_closed", "lock", "unlock")
+SLEEP_SLICE_S = 0.25   # sleep() looks for Ctrl-C at least this often
 
 # Requests that change nothing anywhere; a dry run sends these to the lab (valve queries excepted:
 # those answer from the dry run's model, so that they reflect what the script has commanded).
@@ -229,7 +230,11 @@ class ExtractionLine:
         seconds = _seconds(seconds, "sleep")
         log.info("sleep %g s%s", seconds, " (dry run: not sleeping)" if self.dry_run else "")
         if not self.dry_run:
-            time.sleep(seconds)
+            # In short slices: a Ctrl-C whose handler ran just before the sleep began would not end one
+            # long sleep (nothing interrupts it then); between slices Python acts on it.
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(left, SLEEP_SLICE_S))
 
     def info(self, message: object) -> None:
         """Write `message` to the script's log, timestamped."""
