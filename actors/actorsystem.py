@@ -37,6 +37,10 @@ MEMBERS_CAPABILITY = "labctl.members"   # a leader's: {host name: declared addre
 # (Thespian: 7 min 22 s and 3 min 22 s): a node rejoins a restarted leader within a few seconds.
 # The leader's own view of its members is the supervisor's host heartbeats, not this.
 CONVENTION_PERIOD = timedelta(seconds=2)
+# Check-ins missed before Thespian drops a member (or a member its leader): 3 would be 6 s, and a link
+# back after that would go through a full leave-and-rejoin on both sides (seconds more, and a flap).
+# The supervisor's host heartbeats decide that a host is lost; this only keeps the membership.
+CONVENTION_MISSES = 30
 RESEND_MAX = timedelta(seconds=2)   # the longest a member waits between tries to reach its leader (Thespian: 45 s)
 ADMIN_SHUTDOWN_S = 2.0
 MAX_HEADER_BYTES = 16     # "<decimal length>>": 12 digits already say more than any limit
@@ -158,6 +162,7 @@ def _admit_declared_members() -> None:
 
     convention.CONVENTION_REREGISTRATION_PERIOD = CONVENTION_PERIOD
     convention.CONVENTION_RESTART_PERIOD = CONVENTION_PERIOD
+    convention.CONVENTION_REGISTRATION_MISS_MAX = CONVENTION_MISSES
     original_resend = hysteresis.HysteresisDelaySender.__init__
 
     def resend_init(self, *args, **kwargs):

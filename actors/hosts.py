@@ -27,6 +27,7 @@ log = logging.getLogger("labctl.supervisor")
 
 WAITING, JOINED, LOST = "waiting", "joined", "lost"
 REAP_AGAIN_S = 1.0   # an old process not confirmed gone is asked about again after this long
+AGENT_LIFE_S = 60.0
 
 
 @attrs.define
@@ -54,7 +55,9 @@ class Hosts:
         lab = registry.lab
         self.hosts = {name: HostState(name, host.address) for name, host in lab.hosts.items()}
         self.beat_s, self.max_misses = lab.supervision.heartbeat_s, lab.supervision.heartbeat_misses
-        self.watchdog_s = lab.supervision.watchdog_s
+        # How long an agent hears no ping before it ends itself: it holds no hardware, and one that
+        # outlives a long outage answers the moment the link is back (a new one takes seconds to place).
+        self.agent_life_s = max(AGENT_LIFE_S, 10 * lab.supervision.watchdog_s)
         self.waited = not self.hosts   # the declared hosts had their time to join
         self.beat_at = 0.0
 
@@ -193,7 +196,7 @@ class Hosts:
                 host.misses += 1
             if host.state == JOINED and host.misses >= self.max_misses:
                 self.lose(host, f"missed {host.misses} heartbeats {self.beat_s:g} s apart")
-            elif host.state == LOST and host.admin is not None and host.misses * self.beat_s > self.watchdog_s:
+            elif host.state == LOST and host.admin is not None and host.misses * self.beat_s > self.agent_life_s:
                 # Silent longer than its agent waits before it ends itself: if the host is back, only a new
                 # agent can say so (Thespian may not have dropped the member, so no rejoin will tell).
                 self.place_agent(host)
@@ -207,7 +210,7 @@ class Hosts:
 
     def ping(self, host: HostState) -> None:
         host.ping_seq += 1
-        self.actor.send(host.agent, HostPing(host.name, host.ping_seq, self.watchdog_s))
+        self.actor.send(host.agent, HostPing(host.name, host.ping_seq, self.agent_life_s))
 
     def pong(self, message: HostPong) -> None:
         host = self.hosts.get(message.host)

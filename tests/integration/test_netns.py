@@ -249,3 +249,20 @@ def test_a_host_is_lost_on_its_own_heartbeats_however_slow_its_devices_are(net):
     assert lost["detail"]["reason"] == f"missed {HOST_MISSES} heartbeats {HOST_BEAT_S:g} s apart"
     net.link("b", up=True)
     net.wait_for(lambda s: running(s, "gauges"), what="gauges back")
+
+
+def test_a_long_outage_comes_back_as_fast_as_a_short_one(net):
+    # Longer than Thespian would keep a silent member (3 check-ins, 6 s) and than the device's own
+    # watchdog: the host comes back once, without a second loss, within about a second.
+    write_lab(net)
+    start_nodes(net, "a", "b")
+    assert net.up().returncode == 0
+    net.link("a", up=False)
+    net.wait_event(lambda e: e["kind"] == "host_lost" and e["detail"]["host"] == "a", what="host a lost")
+    time.sleep(8)
+    plugged = time.time()
+    net.link("a", up=True)
+    back = net.wait_event(lambda e: e["kind"] == "running" and e["device"] == "valves" and e["time"] > plugged,
+                          what="valves running again")
+    assert back["time"] - plugged < 2.0 + 1.0, back["time"] - plugged
+    assert not [e for e in net.events() if e["kind"] == "host_lost" and e["time"] > plugged]   # no flapping
