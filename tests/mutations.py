@@ -210,6 +210,9 @@ MUTANTS = [
          "        try:\n            if self.pyro is not None:\n                self.pyro.close()\n"
          "            if self.worker is not None:\n                ended = self.worker.stop(")],
      [M + "test_stopping_with_many_pyro_clients_connected_still_shuts_the_driver_down"]),
+    ("43", "Thespian's own member timeout (6 s) stays: a long outage comes back through a leave and rejoin", [
+        ("actors/actorsystem.py", "    convention.CONVENTION_REGISTRATION_MISS_MAX = CONVENTION_MISSES\n", "")],
+     [N + "test_a_long_outage_comes_back_as_fast_as_a_short_one"]),
 ]
 
 
