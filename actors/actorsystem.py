@@ -41,6 +41,10 @@ CONVENTION_PERIOD = timedelta(seconds=2)
 # back after that would go through a full leave-and-rejoin on both sides (seconds more, and a flap).
 # The supervisor's host heartbeats decide that a host is lost; this only keeps the membership.
 CONVENTION_MISSES = 30
+# Sends in flight at once per process before Thespian queues the rest behind them, for every
+# destination (its default: 20). A send to a host whose link is down stays in flight for minutes
+# (its TCP connect): a few dozen such would hold up every other message of the supervisor.
+PENDING_SENDS = 1000
 RESEND_MAX = timedelta(seconds=2)   # the longest a member waits between tries to reach its leader (Thespian: 45 s)
 ADMIN_SHUTDOWN_S = 2.0
 MAX_HEADER_BYTES = 16     # "<decimal length>>": 12 digits already say more than any limit
@@ -150,6 +154,10 @@ def _seal_transport() -> None:
         self._rData.sock = baseSock
 
     tcp.TCPIncoming_Common.__init__ = incoming_init
+    from thespian.system.transport import asyncTransportBase
+
+    asyncTransportBase.MAX_PENDING_TRANSMITS = PENDING_SENDS
+
 
 
 def _admit_declared_members() -> None:
