@@ -37,10 +37,6 @@ MEMBERS_CAPABILITY = "labctl.members"   # a leader's: {host name: declared addre
 # (Thespian: 7 min 22 s and 3 min 22 s): a node rejoins a restarted leader within a few seconds.
 # The leader's own view of its members is the supervisor's host heartbeats, not this.
 CONVENTION_PERIOD = timedelta(seconds=2)
-# Check-ins missed before Thespian drops a member (or a member its leader): 3 would be 6 s, and a link
-# back after that would go through a full leave-and-rejoin on both sides (seconds more, and a flap).
-# The supervisor's host heartbeats decide that a host is lost; this only keeps the membership.
-CONVENTION_MISSES = 30
 # Sends in flight at once per process before Thespian queues the rest behind them, for every
 # destination (its default: 20). A send to a host whose link is down stays in flight for minutes
 # (its TCP connect): a few dozen such would hold up every other message of the supervisor.
@@ -170,7 +166,6 @@ def _admit_declared_members() -> None:
 
     convention.CONVENTION_REREGISTRATION_PERIOD = CONVENTION_PERIOD
     convention.CONVENTION_RESTART_PERIOD = CONVENTION_PERIOD
-    convention.CONVENTION_REGISTRATION_MISS_MAX = CONVENTION_MISSES
     original_resend = hysteresis.HysteresisDelaySender.__init__
 
     def resend_init(self, *args, **kwargs):

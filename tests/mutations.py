@@ -210,9 +210,6 @@ MUTANTS = [
          "        try:\n            if self.pyro is not None:\n                self.pyro.close()\n"
          "            if self.worker is not None:\n                ended = self.worker.stop(")],
      [M + "test_stopping_with_many_pyro_clients_connected_still_shuts_the_driver_down"]),
-    ("43", "Thespian's own member timeout (6 s) stays: a long outage comes back through a leave and rejoin", [
-        ("actors/actorsystem.py", "    convention.CONVENTION_REGISTRATION_MISS_MAX = CONVENTION_MISSES\n", "")],
-     [N + "test_a_long_outage_comes_back_once_and_stalls_nothing_else"]),
     ("44", "Thespian's 20 sends in flight stay: pings to a lost host hold up every other message", [
         ("actors/actorsystem.py", "    asyncTransportBase.MAX_PENDING_TRANSMITS = PENDING_SENDS\n", "")],
      [N + "test_a_long_outage_comes_back_once_and_stalls_nothing_else"]),
