@@ -222,7 +222,8 @@ class Hosts:
             self.answering(host)
 
     def suspect(self, name: str) -> bool:
-        """Whether a host has a ping unanswered: a unit there that stops answering is its host's loss."""
+        """Whether a host has missed a beat (or is not joined): a unit there that stops answering then
+        is its host's loss, not a hang of its own."""
         host = self.hosts.get(name)
         return host is not None and (host.state != JOINED or host.misses > 0)
 

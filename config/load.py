@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import ipaddress
 import keyword
 import os
@@ -386,6 +387,8 @@ class _Checker:
             return None
         table, ppath = self.table(spec, path, "pyro"), f"{path}.pyro"
         self.unknown_keys(table, ppath, ("port", "host", "hmac_key_file", "insecure", "name"))
+        if importlib.util.find_spec("Pyro4") is None:
+            self.problem(ppath, "serving to Pyro clients needs Pyro4; install labctl with it: pip install -e '.[microscope]'")
         port = self.value(table, ppath, "port", int, None)
         if port is None:
             if "port" not in table:

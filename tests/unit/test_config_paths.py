@@ -195,3 +195,13 @@ devices = ["c", "d"]
 """)
     assert {p.path for p in found} == {"devices.b.conf.devices.laser.driver", "devices.b.pyro.port"}, found
     assert any("served by a already, in another process" in p.message for p in found)
+
+
+def test_a_pyro_table_without_pyro4_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "Pyro4" else real(name, *a))
+    found = problems_in(BASE + "[devices.valves.pyro]\nport = 8000\n")
+    assert [p.path for p in found] == ["devices.valves.pyro"], found
+    assert "pip install -e '.[microscope]'" in found[0].message
