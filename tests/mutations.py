@@ -55,7 +55,8 @@ MUTANTS = [
         ("actors/routing.py", "connection drop with a request in flight are told the same.\"\"\"\n",
          "connection drop with a request in flight are told the same.\"\"\"\n        return\n")], [INFLIGHT]),
     ("3b", "in-flight requests of a crashed process never answered (process_ended skips fail_inflight)", [
-        ("actors/supervisor.py", "        self.router.fail_inflight(unit, cause, pid)\n", "")], [INFLIGHT]),
+        ("actors/supervisor.py", "        self.router.fail_inflight(unit, cause, pid)\n        self.router.lanes_changed()\n        for name",
+         "        self.router.lanes_changed()\n        for name")], [INFLIGHT]),
     ("4a", "in-flight requests re-sent to the new process instead of failed", RESEND_SETUP + [
         ("actors/routing.py", KEEP_FOR_RESEND[0], KEEP_FOR_RESEND[1] + "                continue\n")], [INFLIGHT]),
     ("4b", "in-flight requests failed and also re-sent to the new process", RESEND_SETUP + [
@@ -187,7 +188,7 @@ MUTANTS = [
         "        self.waited = not self.hosts   # the declared", "        self.waited = True   # the declared")],
      [N + "test_nodes_rejoin_a_restarted_leader_within_seconds"]),
     ("36", "requests to a device on a member host go by its lane, which cannot tell a lost host", [
-        ("actors/laneclient.py", "            if kind is None or (lane.member and self.mode == \"auto\"):",
+        ("actors/laneclient.py", "            if kind is None or (lane.member and self.mode == \"auto\" and not self.published_only):",
          "            if kind is None:")],
      [N + "test_a_pulled_link_loses_the_host_fast_and_it_comes_back_without_two_copies"]),
     ("37", "a controller's devices and a stage's axes are not served, so Pyro cannot proxy them", [
