@@ -63,6 +63,7 @@ def main() -> None:
     if why:
         sys.exit(f"bench_hosts: {why}")
     from labctl.actors.client import connect
+    from labctl.actors.errors import LabError
     from labctl.actors.messages import GetValveState
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +89,10 @@ driver = "sim-valves"
             client = connect(net.port, address=net.address, key_file=key, lane="off")
 
             def state(name: str) -> str:
-                return next(d.state for d in client.status().devices if d.name == name)
+                try:
+                    return next(d.state for d in client.status().devices if d.name == name)
+                except LabError:   # still starting (its supervisor not ready yet)
+                    return ""
 
             remote, local = [], []
             for _ in range(args.calls):
