@@ -41,6 +41,12 @@ CONVENTION_PERIOD = timedelta(seconds=2)
 # destination (its default: 20). A send to a host whose link is down stays in flight for minutes
 # (its TCP connect): a few dozen such would hold up every other message of the supervisor.
 PENDING_SENDS = 1000
+# A connect to a host whose link is down gives up after one SYN retry (~3 s; the kernel's default
+# keeps trying for ~2 min, on a growing schedule), and a failed send is tried again after attempts x
+# RESEND_AFTER (Thespian: 35 s). Every later send to the same actor waits behind that one: without
+# this, a host back from an outage was heard from only at its connect's next SYN retry, seconds later.
+CONNECT_SYN_RETRIES = 1
+RESEND_AFTER = timedelta(seconds=0.2)
 RESEND_MAX = timedelta(seconds=2)   # the longest a member waits between tries to reach its leader (Thespian: 45 s)
 ADMIN_SHUTDOWN_S = 2.0
 MAX_HEADER_BYTES = 16     # "<decimal length>>": 12 digits already say more than any limit
@@ -153,6 +159,31 @@ def _seal_transport() -> None:
     from thespian.system.transport import asyncTransportBase
 
     asyncTransportBase.MAX_PENDING_TRANSMITS = PENDING_SENDS
+    _fail_fast_connects(tcp)
+
+
+def _fail_fast_connects(tcp) -> None:
+    """Outgoing connects that give up soon, and failed sends tried again soon (see CONNECT_SYN_RETRIES)."""
+    import socket
+
+    from thespian.system import transport as transports
+
+    original_new_socket = tcp.TCPTransport.new_socket
+
+    def new_socket(self, op, *args, **kwargs):
+        made = original_new_socket(self, op, *args, **kwargs)
+        if op is socket.socket and hasattr(socket, "TCP_SYNCNT"):
+            made.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, CONNECT_SYN_RETRIES)
+        return made
+
+    tcp.TCPTransport.new_socket = new_socket
+    original_intent = transports.TransmitIntent.__init__
+
+    def intent_init(self, *args, **kwargs):
+        original_intent(self, *args, **kwargs)
+        self.transmit_retry_period = min(self.transmit_retry_period, RESEND_AFTER)
+
+    transports.TransmitIntent.__init__ = intent_init
 
 
 

@@ -266,8 +266,9 @@ def test_a_long_outage_comes_back_once_and_stalls_nothing_else(net):
     net.link("a", up=True)
     back = net.wait_event(lambda e: e["kind"] == "running" and e["device"] == "valves" and e["time"] > plugged,
                           what="valves running again")
-    # within seconds: the first connection's SYN retries (1, 3, 7, 15 s after it began) set when
-    assert back["time"] - plugged < 10.0, back["time"] - plugged
+    # about a second (+ slack): a connect into the outage gave up after one SYN retry, and the next
+    # try began at once, rather than at the kernel's next retry 7 or 15 s after the first
+    assert back["time"] - plugged < 2.0 + 1.0, back["time"] - plugged
     events = net.events()
     assert not [e for e in events if e["kind"] == "host_lost" and e["time"] > plugged]   # no flapping
     assert not [e for e in events if e["kind"] == "host_lost" and e["detail"]["host"] == "b"]
