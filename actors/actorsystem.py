@@ -3,8 +3,10 @@
 This is the one module that patches Thespian. THESPIAN.md lists what the fixes are for: every
 packet would be an unauthenticated pickle (anyone who reaches a port runs code), every actor and
 admin port would listen on 0.0.0.0, actor processes would outlive their parents (holding serial
-ports), and a client could start a stray admin where it only meant to attach. `harden()` must run
-before a process's first `ActorSystem()`; forked actors inherit it, the lab key included.
+ports), a client could start a stray admin where it only meant to attach, any admin holding the key
+could join as any host, members would rejoin a restarted leader after minutes, and sends to a host
+whose link is down would hold up every other message and be retried for minutes. `harden()` must
+run before a process's first `ActorSystem()`; forked actors inherit it, the lab key included.
 """
 
 from __future__ import annotations
@@ -184,7 +186,6 @@ def _fail_fast_connects(tcp) -> None:
         self.transmit_retry_period = min(self.transmit_retry_period, RESEND_AFTER)
 
     transports.TransmitIntent.__init__ = intent_init
-
 
 
 def _admit_declared_members() -> None:
