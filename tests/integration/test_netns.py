@@ -162,8 +162,10 @@ heartbeat_s = 2.0
 
 def test_a_short_blip_keeps_no_second_copy(net):
     # A link back before the old process's watchdog: the old process is reached, killed and confirmed
-    # gone before its replacement starts.
+    # gone before its replacement starts. (Its heartbeats are slow, so its watchdog is 10 s: it is
+    # surely still running when the link is back; the host's own heartbeats find the loss.)
     write_lab(net)
+    net.config.write_text(net.config.read_text().replace('host = "a"\n', 'host = "a"\nheartbeat_s = 2.0\n', 1))
     start_nodes(net, "a", "b")
     assert net.up().returncode == 0
     old = net.pids()["valves"]
