@@ -151,7 +151,8 @@ heartbeat_s = 2.0
         back = net.wait_for(lambda s: running(s, "valves", "sleeper"), what="host a's devices back")
         back_event = net.wait_event(lambda e: e["kind"] == "running" and e["device"] == "valves"
                                     and e["time"] > plugged, what="valves running again")
-        assert back_event["time"] - plugged < 2.0 + 1.0, back_event["time"] - plugged   # ~2 s (+ slack)
+        # ~2 s; generous, for the kernel's own re-resolution of an address it found unreachable (ARP)
+        assert back_event["time"] - plugged < 2.0 + 3.0, back_event["time"] - plugged
         assert back["devices"][0]["pid"] != before["valves"]
         assert net.labctl("send", "valves", "OpenValve", "A", check=True).stdout.strip() == "open"
     finally:
@@ -270,9 +271,9 @@ def test_a_long_outage_comes_back_once_and_stalls_nothing_else(net, down_s):
     net.link("a", up=True)
     back = net.wait_event(lambda e: e["kind"] == "running" and e["device"] == "valves" and e["time"] > plugged,
                           what="valves running again")
-    # about a second (+ slack): a connect into the outage gave up after one SYN retry, and the next
-    # try began at once, rather than at the kernel's next retry 7 or 15 s after the first
-    assert back["time"] - plugged < 2.0 + 1.0, back["time"] - plugged
+    # about a second, at most a few (the kernel re-resolves an address it found unreachable, ARP): a
+    # send that failed into the outage is tried again soon, not 35 s later with every ping behind it
+    assert back["time"] - plugged < 2.0 + 3.0, back["time"] - plugged
     events = net.events()
     assert not [e for e in events if e["kind"] == "host_lost" and e["time"] > plugged]   # no flapping
     assert not [e for e in events if e["kind"] == "host_lost" and e["detail"]["host"] == "b"]
