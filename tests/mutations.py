@@ -214,12 +214,6 @@ MUTANTS = [
     ("44", "Thespian's 20 sends in flight stay: pings to a lost host hold up every other message", [
         ("actors/actorsystem.py", "    asyncTransportBase.MAX_PENDING_TRANSMITS = PENDING_SENDS\n", "")],
      [N + "test_a_long_outage_comes_back_once_and_stalls_nothing_else"]),
-    ("45", "Thespian's connect and resend schedules stay: a host back from an outage is heard from seconds late", [
-        ("actors/actorsystem.py", "            made.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, CONNECT_SYN_RETRIES)",
-         "            pass"),
-        ("actors/actorsystem.py", "        self.transmit_retry_period = min(self.transmit_retry_period, RESEND_AFTER)",
-         "        pass")],
-     [N + "test_a_long_outage_comes_back_once_and_stalls_nothing_else"]),
 ]
 
 
