@@ -92,9 +92,13 @@ class Hosts:
         return True
 
     def absent(self, host: HostState) -> str:
-        lab = self.registry.lab
-        return (f"host {host.name!r} did not join within {lab.hosts_wait_s:g} s; start it there with: "
-                f"labctl node {host.name} --bind {host.address} --leader {lab.bind}:{lab.port}")
+        return (f"host {host.name!r} did not join within {self.registry.lab.hosts_wait_s:g} s; "
+                f"{self.start_hint(host.name)}")
+
+    def start_hint(self, name: str) -> str:
+        """How to start host `name`'s node, for a message that it is missing."""
+        lab, host = self.registry.lab, self.hosts[name]
+        return f"start it there with: labctl node {name} --bind {host.address} --leader {lab.bind}:{lab.port}"
 
     def hosts_due(self, _timer: HostsDue) -> None:
         self.waited = True

@@ -161,11 +161,9 @@ class Supervisor(Actor):
     def unit_lost(self, unit: UnitState, cause: str) -> None:
         """A unit's host is unreachable: what was in flight there fails now, and the unit waits for its
         host (its process there ends itself, or is confirmed gone before another starts)."""
-        pid, plan = unit.pid, unit.exit_plan
-        if pid:
-            unit.stale = (pid, unit.pid_started or 0)
-        unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
-        self.starts.ended(unit)
+        if unit.pid:
+            unit.stale = (unit.pid, unit.pid_started or 0)
+        pid, plan = self.clear_process(unit)
         if plan == "stop" or self.stopping:      # it was being stopped, or failed with its group: so it stays
             self.settle(unit, Phase.STOPPED)
         elif plan == "fail":
@@ -173,9 +171,22 @@ class Supervisor(Actor):
         else:
             unit.state, unit.last_error, unit.launch_pending = Phase.LOST, cause, True
             self.events.emit(unit, "lost", cause=cause, pid=pid)
+        self.after_process(unit, cause, pid)
+
+    def clear_process(self, unit: UnitState) -> tuple[int | None, str | None]:
+        """Forget a unit's process (it ended, or its host is lost): its pid, and why it was asked to end."""
+        pid, plan = unit.pid, unit.exit_plan
+        unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
+        self.starts.ended(unit)
+        return pid, plan
+
+    def after_process(self, unit: UnitState, cause: str, pid: int | None) -> None:
+        """A unit's process is gone: fail what was in flight there (never re-sent), publish the lanes
+        without it, keep its group's records, and finish a stop that waited for it."""
         self.router.fail_inflight(unit, cause, pid)
         self.router.lanes_changed()
-        self.events.keep_record(unit)
+        for name in self.registry.group_of.get(unit.name, [unit.name]):
+            self.events.keep_record(self.registry[name])
         self.check_stopped()
 
     def process_ended(self, address) -> None:
@@ -207,9 +218,7 @@ class Supervisor(Actor):
             # the host's construction alarm (a remote host's exit code is not seen here: judge by time)
             unit.cause = unit.cause or f"construction took longer than {init_timeout:g} s"
         killed, cause = unit.cause is not None, unit.cause or processes.exit_cause(exitcode)
-        plan, pid = unit.exit_plan, unit.pid
-        unit.address = unit.running_since = unit.constructing_since = unit.pid = unit.lane = None
-        self.starts.ended(unit)
+        pid, plan = self.clear_process(unit)
         if plan == "stop" or self.stopping:
             self.settle(unit, Phase.STOPPED)
         elif plan == "fail":
@@ -218,19 +227,15 @@ class Supervisor(Actor):
             self.schedule_launch(unit, 0.0)
         elif pid is None and unit.state != Phase.RUNNING and not killed and self.registry.remote(unit):
             # No process ever reported itself: nothing on that host accepted it.
-            self.start_impossible(unit, f"host {unit.spec.host!r} is not connected; start it there with: "
-                                        f"labctl node {unit.spec.host} --leader {self.lab.bind}:{self.lab.port}")
+            host = unit.spec.host
+            self.start_impossible(unit, f"host {host!r} took no process; {self.hosts.start_hint(host)}")
             return
         else:
             normal = exitcode == 0 and not killed
             unit.last_error = None if normal else cause
             self.events.emit(unit, "exited" if normal else "crashed", cause=cause, pid=pid)
             self.apply(unit, policy.Ended(unit.name, normal, cause, ran))
-        self.router.fail_inflight(unit, cause, pid)
-        self.router.lanes_changed()
-        for name in self.registry.group_of.get(unit.name, [unit.name]):
-            self.events.keep_record(self.registry[name])
-        self.check_stopped()
+        self.after_process(unit, cause, pid)
 
     def apply(self, unit: UnitState, ended: policy.Ended) -> None:
         """Carry out the restart policy's decision for a unit that ended on its own."""

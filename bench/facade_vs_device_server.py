@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_microscope import (EXPOSURE_S, FRAME_BYTES, MB, SHAPE, MicroscopeServer, Pyro4,  # noqa: E402
+from vs_microscope import (FRAME_BYTES, MB, SHAPE, MicroscopeServer, Pyro4,  # noqa: E402
                            free_ports, short)
 
 LAB = """\

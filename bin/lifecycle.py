@@ -14,7 +14,7 @@ from labctl.actors.errors import LabError
 
 from . import formatting
 from .check import load_lab
-from .options import SETTLED, fail, lab_options, open_client, resolve_port
+from .options import SETTLED, fail, lab_options, resolve_port
 
 STATUS_EVERY_S = 0.25   # while a lab of more than LARGE_LAB devices starts, look at its status this often
 LARGE_LAB = 50

@@ -4,7 +4,6 @@ exactly like a local one (its address from the run record, --config, --address o
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 

@@ -3,7 +3,6 @@ the lab bound to their addresses. Links are pulled, nodes killed, the leader res
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -176,8 +175,8 @@ def test_a_short_blip_keeps_no_second_copy(net):
         net.wait_event(lambda e: e["kind"] == "host_lost", what="host a lost")
         assert processes.is_alive(old)   # still within its own watchdog
         net.link("a", up=True)
-        status = net.wait_for(lambda s: running(s, "valves") and s["devices"][0]["pid"] != old,
-                              what="valves back in a new process")
+        net.wait_for(lambda s: running(s, "valves") and s["devices"][0]["pid"] != old,
+                     what="valves back in a new process")
         assert not processes.is_alive(old)
     finally:
         most = sampler.stop()

@@ -157,7 +157,7 @@ def test_garbage_idle_oversize_and_200_clients_at_once(gateway_lab):
 
 
 def test_locks_outlive_the_device_and_the_lab_and_refusals_are_events(gateway_lab):
-    lab, port = gateway_lab, gateway_lab.gateway
+    lab = gateway_lab
     assert lab.labctl("send", "valves", "LockValve", "E").returncode == 0
     assert lab.labctl("send", "valves", "UnlockValve", "D").returncode == 0
     pid = lab.pids()["valves"]
