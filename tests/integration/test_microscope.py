@@ -122,8 +122,9 @@ def test_microscopes_own_clients_work_unchanged_against_labctl(lab):
     # calls pass through labctl: counted like any other request, and nothing restarted
     status = {d["name"]: d for d in lab.status()["devices"]}
     assert lab.pids() == pids
-    time.sleep(1.2)   # lane and Pyro counts reach the supervisor about once a second
-    assert {d["name"]: d["requests"] for d in lab.status()["devices"]}["wheel"] >= 3
+    # lane and Pyro counts reach the supervisor about once a second
+    lab.wait_for(lambda s: any(d["name"] == "wheel" and d["requests"] >= 3 for d in s["devices"]),
+                 what="the wheel's Pyro calls counted")
     assert status["camera"]["state"] == "running"
 
 
